@@ -1,0 +1,229 @@
+"""Text sources for causal-LM distillation.
+
+A *source* turns raw data into tokenized examples for one split::
+
+    source.examples(split, tokenizer, max_length) -> list[{"input_ids": [...], "labels": [...]}]
+
+``labels`` are aligned with ``input_ids`` (Hugging Face convention) with ``-100`` where no loss
+applies. :class:`distill.data.datamodule.DistillDataModule` pads and batches them.
+
+The embedded default is :class:`StdlibCorpus`: the Python standard library's own source, a real
+code corpus present on every Python install, split into train and held-out **by file** so no
+held-out function was seen in training.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import sysconfig
+from pathlib import Path
+
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val")
+
+
+def stdlib_dir() -> Path:
+    """The running interpreter's standard library folder."""
+    return Path(sysconfig.get_paths()["stdlib"])
+
+
+def _is_val(name: str, val_fraction: float) -> bool:
+    """Deterministic split by file name: the same on every machine and Python run."""
+    h = int(hashlib.sha1(name.encode()).hexdigest()[:8], 16)
+    return (h % 10_000) < val_fraction * 10_000
+
+
+def stdlib_files(root: Path | None = None, exclude_dirs: tuple[str, ...] = ("test", "tests", "idlelib",
+                 "site-packages", "lib2to3", "turtledemo", "__pycache__")) -> list[Path]:
+    """Sorted ``*.py`` files of the stdlib, without tests and vendored or demo code."""
+    root = Path(root) if root else stdlib_dir()
+    if not root.is_dir():
+        raise FileNotFoundError(f"stdlib corpus: folder {root} does not exist")
+    files = []
+    for p in sorted(root.rglob("*.py")):
+        parts = p.relative_to(root).parts
+        if any(part in exclude_dirs for part in parts[:-1]):
+            continue
+        files.append(p)
+    return files
+
+
+def read_stdlib_texts(split: str, val_fraction: float = 0.05, max_chars: int | None = None,
+                      root: str | None = None) -> list[str]:
+    """The texts of one split, in a fixed order, up to ``max_chars`` characters in total."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    base = Path(root) if root else stdlib_dir()
+    texts, total = [], 0
+    for p in stdlib_files(base):
+        name = p.relative_to(base).as_posix()
+        if _is_val(name, val_fraction) != (split == "val"):
+            continue
+        try:
+            text = p.read_text(encoding="utf-8")
+        except (UnicodeDecodeError, OSError):
+            continue
+        texts.append(text)
+        total += len(text)
+        if max_chars is not None and total >= max_chars:
+            break
+    return texts
+
+
+def pack(token_lists: list[list[int]], block: int, eos_id: int | None) -> list[dict]:
+    """Concatenate documents (separated by EOS) and cut into ``block``-token examples.
+
+    Packing wastes no compute on padding; the remainder shorter than a block is dropped.
+    """
+    stream: list[int] = []
+    for ids in token_lists:
+        stream.extend(ids)
+        if eos_id is not None:
+            stream.append(eos_id)
+    n = len(stream) // block
+    return [{"input_ids": stream[i * block:(i + 1) * block], "labels": stream[i * block:(i + 1) * block]}
+            for i in range(n)]
+
+
+class _TextSource:
+    """Shared logic: texts -> tokenized, packed examples, cached on disk per tokenizer."""
+
+    cache_dir: str | None = None
+
+    def texts(self, split: str) -> list[str]:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def fingerprint(self, split: str) -> str:
+        return ""
+
+    def examples(self, split: str, tokenizer, max_length: int) -> list[dict]:
+        cache = None
+        if self.cache_dir and self.fingerprint(split):
+            key = hashlib.sha1(json.dumps([self.fingerprint(split), _tokenizer_fingerprint(tokenizer),
+                                           max_length]).encode()).hexdigest()[:16]
+            cache = Path(self.cache_dir) / f"{type(self).__name__}-{split}-{key}.json"
+            if cache.exists():
+                return json.loads(cache.read_text())
+        texts = self.texts(split)
+        ids = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+        examples = pack(ids, max_length, tokenizer.eos_token_id)
+        if cache is not None:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache.with_suffix(".tmp")
+            tmp.write_text(json.dumps(examples))
+            tmp.replace(cache)
+        return examples
+
+
+def _tokenizer_fingerprint(tokenizer) -> str:
+    vocab = tokenizer.get_vocab()
+    return hashlib.sha1(json.dumps(sorted(vocab.items())).encode()).hexdigest()[:16]
+
+
+class StdlibCorpus(_TextSource):
+    """The Python standard library's source as a code corpus (the embedded default).
+
+    Args:
+        val_fraction: share of *files* held out.
+        max_chars: cap per split (train gets it, val gets ``max_chars * val_fraction``), to bound
+            tokenization time on small machines.
+        root: another source tree to read instead of the stdlib (same filtering rules).
+        cache_dir: where tokenized splits are cached (keyed by tokenizer and settings).
+    """
+
+    def __init__(self, val_fraction: float = 0.05, max_chars: int | None = 6_000_000,
+                 root: str | None = None, cache_dir: str | None = None):
+        if not 0.0 < val_fraction < 1.0:
+            raise ValueError(f"data.source.val_fraction must be in (0, 1), got {val_fraction}")
+        self.val_fraction, self.max_chars, self.root, self.cache_dir = val_fraction, max_chars, root, cache_dir
+
+    def _cap(self, split: str) -> int | None:
+        if self.max_chars is None:
+            return None
+        return self.max_chars if split == "train" else max(1, int(self.max_chars * self.val_fraction))
+
+    def texts(self, split: str) -> list[str]:
+        return read_stdlib_texts(split, self.val_fraction, self._cap(split), self.root)
+
+    def fingerprint(self, split: str) -> str:
+        import sys
+        return json.dumps(["stdlib", sys.version, str(self.root or stdlib_dir()), self.val_fraction,
+                           self._cap(split)])
+
+
+class TextFiles(_TextSource):
+    """Local text data: a folder of files (``glob``), one text file, or JSONL with a text field.
+
+    Args:
+        train: path to a file, a folder or a JSONL file for training.
+        val: same for held-out data; when None, ``val_fraction`` of the train documents is held out.
+        glob: pattern for folders.
+        text_field: the JSONL field holding the text.
+    """
+
+    def __init__(self, train: str, val: str | None = None, glob: str = "**/*.py", text_field: str = "text",
+                 val_fraction: float = 0.05, cache_dir: str | None = None):
+        self.train, self.val, self.glob, self.text_field = train, val, glob, text_field
+        self.val_fraction, self.cache_dir = val_fraction, cache_dir
+
+    def _read(self, path: str) -> list[str]:
+        p = Path(path)
+        if not p.exists():
+            raise FileNotFoundError(f"data.source: {p} does not exist; check the path in your data config")
+        if p.is_dir():
+            return [f.read_text(encoding="utf-8", errors="replace") for f in sorted(p.glob(self.glob)) if f.is_file()]
+        if p.suffix == ".jsonl":
+            out = []
+            with p.open(encoding="utf-8") as fh:
+                for lineno, line in enumerate(fh, 1):
+                    if not line.strip():
+                        continue
+                    row = json.loads(line)
+                    if self.text_field not in row:
+                        raise KeyError(f"data.source.text_field: {p}:{lineno} has no field "
+                                       f"{self.text_field!r} (fields: {sorted(row)})")
+                    out.append(row[self.text_field])
+            return out
+        return [p.read_text(encoding="utf-8", errors="replace")]
+
+    def texts(self, split: str) -> list[str]:
+        if self.val is not None:
+            return self._read(self.train if split == "train" else self.val)
+        docs = self._read(self.train)
+        return [d for i, d in enumerate(docs) if _is_val(str(i), self.val_fraction) == (split == "val")]
+
+
+class HFDataset(_TextSource):
+    """Any Hugging Face dataset (hub id or local path) with a text column, via ``load_dataset``.
+
+    Args:
+        path: dataset id or local path passed to ``datasets.load_dataset``.
+        name: dataset config name.
+        train_split / val_split: split names; with ``val_split=None`` a share of train is held out.
+        text_field: column holding the text.
+    """
+
+    def __init__(self, path: str, name: str | None = None, train_split: str = "train",
+                 val_split: str | None = "validation", text_field: str = "text", val_fraction: float = 0.05,
+                 max_rows: int | None = None, cache_dir: str | None = None):
+        self.path, self.name, self.train_split, self.val_split = path, name, train_split, val_split
+        self.text_field, self.val_fraction, self.max_rows, self.cache_dir = text_field, val_fraction, max_rows, cache_dir
+
+    def texts(self, split: str) -> list[str]:
+        from datasets import load_dataset
+
+        hf_split = self.train_split if (split == "train" or self.val_split is None) else self.val_split
+        ds = load_dataset(self.path, self.name, split=hf_split)
+        if self.text_field not in ds.column_names:
+            raise KeyError(f"data.source.text_field: dataset {self.path!r} has no column {self.text_field!r} "
+                           f"(columns: {ds.column_names})")
+        rows = ds[self.text_field][: self.max_rows] if self.max_rows else ds[self.text_field]
+        if self.val_split is None:
+            rows = [r for i, r in enumerate(rows) if _is_val(str(i), self.val_fraction) == (split == "val")]
+        return rows
+
+

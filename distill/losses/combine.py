@@ -1,0 +1,124 @@
+"""The combiner: weights, schedules, temperature, masking and normalisation in one place.
+
+``total = sum_c w_c(step) * sum_{b,t} mask[b,t] * value_c[b,t] / N_step``
+
+where ``N_step`` is the number of unmasked tokens in the **whole optimizer step** (all
+micro-batches of a gradient-accumulation cycle, on all devices). Dividing by the step's token
+count instead of each micro-batch's makes the loss and its gradient independent of how the step
+is split into micro-batches, the bug that mean-per-micro-batch reduction has (see the HF blog
+"Fixing Gradient Accumulation", 2024). ``N_step`` is clamped to at least 1, so a fully masked
+step gives exactly 0 and no NaN, for every component.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from distill.losses.components import LossComponent, LossInputs, ModelInfo
+from distill.losses.schedules import Schedule, as_schedule
+from distill.teachers.outputs import StudentOutput, TeacherOutput
+
+log = logging.getLogger(__name__)
+
+
+class DistillationLoss(nn.Module):
+    """A weighted, scheduled sum of :class:`LossComponent` terms.
+
+    Args:
+        components: name -> component. Names become metric keys (``train/<name>``).
+        weights: name -> number or :class:`Schedule` (``step -> weight``). Every component needs a
+            weight; a weight for an unknown component is an error (typos fail loudly).
+        temperature: number or schedule for the softmax temperature of logit components (e.g.
+            ``Linear(4, 1, steps)`` anneals 4 -> 1).
+    """
+
+    def __init__(self, components: Mapping[str, LossComponent], weights: Mapping[str, float | Schedule],
+                 temperature: float | Schedule = 1.0):
+        super().__init__()
+        if not components:
+            raise ValueError("loss.components is empty: name at least one component (e.g. loss=kd or loss=ce)")
+        for name, comp in components.items():
+            if not isinstance(comp, LossComponent):
+                raise TypeError(f"loss.components.{name} is a {type(comp).__name__}, not a "
+                                "distill.losses.components.LossComponent subclass")
+        unknown = sorted(set(weights) - set(components))
+        if unknown:
+            raise ValueError(f"loss.weights has {unknown} but loss.components only defines "
+                             f"{sorted(components)}; fix the name or add the component")
+        missing = sorted(set(components) - set(weights))
+        if missing:
+            raise ValueError(f"loss.weights is missing {missing}; give each component a weight "
+                             "(a number or a schedule)")
+        self.components = nn.ModuleDict(dict(components))
+        self.weights = {name: as_schedule(w) for name, w in weights.items()}
+        self.temperature = as_schedule(temperature)
+        t0 = self.temperature(0)
+        if t0 <= 0:
+            raise ValueError(f"loss.temperature must be > 0, got {t0}")
+
+    @property
+    def needs(self) -> frozenset[str]:
+        """Union of what the components read (drives which outputs the models compute)."""
+        return frozenset().union(*(c.needs for c in self.components.values()))
+
+    @property
+    def uses_temperature(self) -> bool:
+        return any(c.uses_temperature for c in self.components.values())
+
+    def configure(self, student: ModelInfo, teacher: ModelInfo | None, teacher_kind: str) -> None:
+        """Let each component build projections and check it can run with this teacher."""
+        for name, comp in self.components.items():
+            if teacher_kind not in comp.teacher_kinds:
+                raise ValueError(
+                    f"loss component '{name}' ({type(comp).__name__}) cannot use a teacher of kind "
+                    f"'{teacher_kind}' (it accepts {sorted(comp.teacher_kinds)}). Choose another teacher "
+                    f"(teacher=...) or drop the component from the loss config.")
+            try:
+                comp.configure(student, teacher)
+            except ValueError as e:
+                raise ValueError(f"loss component '{name}': {e}") from e
+
+    def forward(self, student: StudentOutput, teacher: TeacherOutput, targets: torch.Tensor, step: int,
+                num_tokens: int | torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+        """Combine the components for one micro-batch.
+
+        Args:
+            student: student outputs for the micro-batch.
+            teacher: teacher outputs (any kind the components accept).
+            targets: ``(B, L)`` next-token ids per position, ``-100`` where no loss applies.
+            step: optimizer steps taken so far (drives schedules).
+            num_tokens: unmasked tokens in the whole optimizer step; defaults to this micro-batch's.
+
+        Returns:
+            ``(total, logs)``: ``total`` is this micro-batch's share of the step loss (sum the
+            totals of all micro-batches to get the step loss); ``logs`` maps ``<name>`` to the
+            component's contribution before weighting, ``w_<name>`` to its weight and
+            ``temperature`` to the temperature (when a component uses it).
+        """
+        mask = targets != -100
+        if num_tokens is None:
+            num_tokens = mask.sum()
+        denom = torch.as_tensor(num_tokens, dtype=torch.float32, device=targets.device).clamp_min(1.0)
+        temperature = self.temperature(step)
+        inputs = LossInputs(student=student, teacher=teacher, targets=targets, mask=mask,
+                            temperature=temperature, step=step, token_weights=mask.float() / denom)
+        total = torch.zeros((), dtype=torch.float32, device=targets.device)
+        logs: dict[str, float] = {}
+        for name, comp in self.components.items():
+            weight = self.weights[name](step)
+            # A component switched off by its schedule is still measured, without building a graph.
+            with torch.set_grad_enabled(torch.is_grad_enabled() and weight != 0.0):
+                values = comp(inputs)
+                # torch.where (not multiply) so a NaN/inf at a masked position cannot leak in.
+                value = torch.where(mask, values, 0.0).sum() / denom if values.dim() else values
+            if weight != 0.0:
+                total = total + weight * value
+            logs[name] = value.detach()
+            logs[f"w_{name}"] = weight
+        if self.uses_temperature:
+            logs["temperature"] = temperature
+        return total, logs

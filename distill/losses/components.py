@@ -1,0 +1,320 @@
+"""Loss components: one ``nn.Module`` per distillation signal.
+
+A component turns a student's and a teacher's outputs into **per-token values** ``(B, L)``; the
+combiner (:mod:`distill.losses.combine`) owns weights, schedules, temperature, masking and
+normalisation. To add your own, subclass :class:`LossComponent` anywhere (your own package is
+fine), declare what it ``needs``, implement ``forward`` and name the class by ``_target_`` in a
+loss config. Nothing in ``distill/`` has to change.
+
+Alignment: every tensor is per input position. ``inputs.targets[:, t]`` is the token that
+position ``t`` predicts (the next token) or ``-100``; ``inputs.mask`` is ``targets != -100``.
+Logits are ``(B, L, V)``, hidden states ``(B, L, D)``, attentions ``(B, H, L, L)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from distill.losses import functional as LF
+from distill.teachers.outputs import StudentOutput, TeacherOutput
+
+# What a component may ask the models for. The module requests exactly the union of these.
+STUDENT_LOGITS = "student_logits"
+TEACHER_LOGITS = "teacher_logits"  # full logits, or a sparse cache if the component accepts it
+STUDENT_HIDDEN = "student_hidden_states"
+TEACHER_HIDDEN = "teacher_hidden_states"
+STUDENT_ATTN = "student_attentions"
+TEACHER_ATTN = "teacher_attentions"
+ALL_NEEDS = frozenset({STUDENT_LOGITS, TEACHER_LOGITS, STUDENT_HIDDEN, TEACHER_HIDDEN, STUDENT_ATTN,
+                       TEACHER_ATTN})
+
+
+@dataclass
+class ModelInfo:
+    """Shape facts about a model, read from its config without loading weights."""
+
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    vocab_size: int
+
+    @classmethod
+    def from_hf_config(cls, config) -> "ModelInfo":
+        config = getattr(config, "text_config", None) or config
+        return cls(hidden_size=config.hidden_size, num_layers=config.num_hidden_layers,
+                   num_heads=config.num_attention_heads, vocab_size=config.vocab_size)
+
+
+@dataclass
+class LossInputs:
+    """Everything a component may read for one micro-batch.
+
+    Attributes:
+        student: the student's outputs.
+        teacher: the teacher's outputs (``kind`` "full", "sparse" or "none").
+        targets: ``(B, L)`` next-token ids, ``-100`` where no loss applies.
+        mask: ``(B, L)`` bool, ``targets != -100``.
+        temperature: current distillation temperature (from the combiner's schedule).
+        step: optimizer steps taken so far.
+        token_weights: ``(B, L)`` float32, ``mask / N_step``. Components that reduce internally
+            (chunked / fused kernels that compute gradients chunk by chunk) return the scalar
+            ``sum(token_weights * value)`` instead of per-token values.
+    """
+
+    student: StudentOutput
+    teacher: TeacherOutput
+    targets: torch.Tensor
+    mask: torch.Tensor
+    temperature: float = 1.0
+    step: int = 0
+    token_weights: torch.Tensor | None = None
+
+
+class LossComponent(nn.Module):
+    """Base class of every loss term.
+
+    Class attributes:
+        needs: which outputs the component reads (constants above). The module asks the models for
+            hidden states / attentions only when some active component needs them.
+        teacher_kinds: which :class:`TeacherOutput` kinds the component can use ("full", "sparse",
+            "none"); checked before training so a mismatch fails early with a clear message.
+        uses_temperature: whether the combiner's temperature applies (logged only then).
+    """
+
+    needs: ClassVar[frozenset[str]] = frozenset()
+    teacher_kinds: ClassVar[frozenset[str]] = frozenset({"full", "sparse", "none"})
+    uses_temperature: ClassVar[bool] = False
+
+    def configure(self, student: ModelInfo, teacher: ModelInfo | None) -> None:
+        """Build shape-dependent parts (projections) and validate, before training starts.
+
+        Raise ``ValueError`` naming what is wrong and how to fix it.
+        """
+
+    def forward(self, inputs: LossInputs) -> torch.Tensor:  # pragma: no cover - interface
+        """Return per-token values ``(B, L)`` (masked and normalised by the combiner), or a 0-dim
+        tensor already reduced with ``inputs.token_weights``."""
+        raise NotImplementedError
+
+
+class CrossEntropy(LossComponent):
+    """Hard-label cross-entropy on the data: ``-log q_S(y_t)``.
+
+    The supervised term of Hinton et al. (2015), and the whole loss of sequence-level KD (Kim &
+    Rush, 2016) where the data itself was written by the teacher.
+    """
+
+    needs = frozenset({STUDENT_LOGITS})
+
+    def forward(self, inputs: LossInputs) -> torch.Tensor:
+        return LF.cross_entropy(inputs.student.logits, inputs.targets)
+
+
+class _LogitDivergence(LossComponent):
+    """Shared plumbing for divergences between next-token distributions."""
+
+    needs = frozenset({STUDENT_LOGITS, TEACHER_LOGITS})
+    teacher_kinds = frozenset({"full"})
+    uses_temperature = True
+
+    def __init__(self, scale_by_t2: bool = True):
+        super().__init__()
+        self.scale_by_t2 = scale_by_t2
+
+    def configure(self, student: ModelInfo, teacher: ModelInfo | None) -> None:
+        if teacher is None:
+            raise ValueError(f"{type(self).__name__} compares student and teacher logits, but the run "
+                             "has no teacher (teacher=none). Pick an open-weight or cached teacher, "
+                             "or use loss=ce.")
+
+    def divergence(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+                   temperature: float) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, inputs: LossInputs) -> torch.Tensor:
+        t = inputs.temperature
+        value = self.divergence(inputs.student.logits, inputs.teacher.logits, t)
+        # Gradients of the softened KL scale as 1/T^2; multiplying by T^2 keeps the soft term's
+        # magnitude comparable to the hard term when T changes (Hinton et al., 2015, sec. 2).
+        return value * (t * t) if self.scale_by_t2 else value
+
+
+class ForwardKL(_LogitDivergence):
+    """Soft forward KL (Hinton et al., 2015, "Distilling the Knowledge in a Neural Network").
+
+    ``T^2 * KL(p_T^T || q_S^T)`` per token, with ``p^T = softmax(z / T)``. Mean-seeking: the
+    student spreads mass over everything the teacher finds plausible.
+    """
+
+    def divergence(self, student_logits, teacher_logits, temperature):
+        return LF.forward_kl(student_logits, teacher_logits, temperature)
+
+
+class ReverseKL(_LogitDivergence):
+    """Reverse KL (Gu et al., 2024, "MiniLLM: Knowledge Distillation of Large Language Models").
+
+    ``T^2 * KL(q_S^T || p_T^T)`` per token. Mode-seeking: the student commits to the teacher's
+    main modes instead of covering its tail, which suits small students on open-ended generation.
+    """
+
+    def divergence(self, student_logits, teacher_logits, temperature):
+        return LF.reverse_kl(student_logits, teacher_logits, temperature)
+
+
+class GeneralizedJSD(_LogitDivergence):
+    """Generalised JSD (Agarwal et al., 2024, "On-Policy Distillation of Language Models" / GKD).
+
+    ``T^2 * [beta KL(p || m) + (1 - beta) KL(q || m)]`` with ``m = beta p + (1 - beta) q``;
+    ``beta = 0`` is forward KL and ``beta = 1`` reverse KL (TRL's convention).
+    """
+
+    def __init__(self, beta: float = 0.5, scale_by_t2: bool = True):
+        super().__init__(scale_by_t2)
+        if not 0.0 <= beta <= 1.0:
+            raise ValueError(f"loss component GeneralizedJSD: beta must be in [0, 1], got {beta}")
+        self.beta = float(beta)
+
+    def divergence(self, student_logits, teacher_logits, temperature):
+        return LF.generalized_jsd(student_logits, teacher_logits, self.beta, temperature)
+
+
+def resolve_layer_map(layer_map: str | list, student_layers: int, teacher_layers: int,
+                      owner: str) -> list[tuple[int, int]]:
+    """Pairs ``(student_layer, teacher_layer)`` indexing Hugging Face ``hidden_states``/layers.
+
+    For hidden states index 0 is the embedding output and ``1..N`` the blocks; for attentions
+    ``0..N-1`` are the blocks (the caller passes the right counts).
+
+    Args:
+        layer_map: ``"uniform"`` (student block i <-> teacher block round(i * N_t / N_s)),
+            ``"last"`` (final blocks only) or an explicit list of ``[student, teacher]`` pairs.
+    """
+    if layer_map == "last":
+        return [(student_layers, teacher_layers)]
+    if layer_map == "uniform":
+        return [(i, round(i * teacher_layers / student_layers)) for i in range(1, student_layers + 1)]
+    if isinstance(layer_map, str):
+        raise ValueError(f"{owner}.layer_map: unknown value {layer_map!r}; use 'uniform', 'last' or a "
+                         "list of [student_layer, teacher_layer] pairs")
+    pairs = [tuple(int(x) for x in pair) for pair in layer_map]
+    for s, t in pairs:
+        if not (0 <= s <= student_layers and 0 <= t <= teacher_layers):
+            raise ValueError(f"{owner}.layer_map: pair [{s}, {t}] is out of range (student has "
+                             f"{student_layers}, teacher {teacher_layers} layers)")
+    return pairs
+
+
+class HiddenStateMatch(LossComponent):
+    """Hidden-state matching (FitNets, Romero et al., 2015; TinyBERT, Jiao et al., 2020).
+
+    For each layer pair ``(i, j)``: ``d(W h_S^i, h_T^j)`` per token, averaged over pairs, with
+    ``d`` the mean squared error over features (``loss="mse"``) or ``1 - cos`` (``loss="cosine"``).
+    ``W`` is a learned linear projection (trained with the student and saved in checkpoints),
+    created when the widths differ or ``project=True``; identity otherwise.
+    """
+
+    needs = frozenset({STUDENT_HIDDEN, TEACHER_HIDDEN})
+    teacher_kinds = frozenset({"full"})
+
+    def __init__(self, loss: str = "mse", layer_map: str | list = "uniform", project: bool | None = None):
+        super().__init__()
+        if loss not in ("mse", "cosine"):
+            raise ValueError(f"loss component HiddenStateMatch: loss must be 'mse' or 'cosine', got {loss!r}")
+        self.loss, self.layer_map, self.project = loss, layer_map, project
+        self.pairs: list[tuple[int, int]] = []
+        self.projections = nn.ModuleList()
+
+    def configure(self, student: ModelInfo, teacher: ModelInfo | None) -> None:
+        if teacher is None:
+            raise ValueError("HiddenStateMatch needs an online teacher's hidden states (teacher=none has none)")
+        self.pairs = resolve_layer_map(self.layer_map, student.num_layers, teacher.num_layers, "HiddenStateMatch")
+        project = self.project if self.project is not None else student.hidden_size != teacher.hidden_size
+        if not project and student.hidden_size != teacher.hidden_size:
+            raise ValueError(f"HiddenStateMatch: widths differ ({student.hidden_size} vs {teacher.hidden_size}) "
+                             "so project=false cannot work; set project=true or leave it unset")
+        if project and len(self.projections) == 0:
+            self.projections = nn.ModuleList(
+                nn.Linear(student.hidden_size, teacher.hidden_size, bias=False) for _ in self.pairs)
+
+    def forward(self, inputs: LossInputs) -> torch.Tensor:
+        hs, ht = inputs.student.hidden_states, inputs.teacher.hidden_states
+        total = 0.0
+        for k, (i, j) in enumerate(self.pairs):
+            s = hs[i]
+            if len(self.projections):
+                s = self.projections[k](s.to(self.projections[k].weight.dtype))
+            s, t = LF.upcast(s), LF.upcast(ht[j]).detach()
+            if self.loss == "mse":
+                d = (s - t).pow(2).mean(-1)
+            else:
+                d = 1.0 - torch.nn.functional.cosine_similarity(s, t, dim=-1, eps=1e-6)
+            total = total + d
+        return total / len(self.pairs)
+
+
+def _group_heads(attn: torch.Tensor, groups: int) -> torch.Tensor:
+    """Average ``(B, H, L, L)`` attention probabilities into ``groups`` head groups.
+
+    Averaging probabilities (not scores) keeps every row a distribution.
+    """
+    b, h, lq, lk = attn.shape
+    return attn.reshape(b, groups, h // groups, lq, lk).mean(2)
+
+
+class AttentionMatch(LossComponent):
+    """Attention-map transfer (TinyBERT, Jiao et al., 2020; MiniLM, Wang et al., 2020).
+
+    For each layer pair and query position ``t``: ``KL(A_T[t, :] || A_S[t, :])`` over keys
+    (``loss="kl"``, MiniLM) or the mean squared difference (``loss="mse"``, TinyBERT), averaged
+    over heads and layer pairs. When head counts differ, the larger side's heads are averaged in
+    groups down to the smaller count if it divides evenly, otherwise both sides are averaged to a
+    single map. Needs eager attention: the module switches both models to it and says so.
+    """
+
+    needs = frozenset({STUDENT_ATTN, TEACHER_ATTN})
+    teacher_kinds = frozenset({"full"})
+
+    def __init__(self, loss: str = "kl", layer_map: str | list = "uniform"):
+        super().__init__()
+        if loss not in ("kl", "mse"):
+            raise ValueError(f"loss component AttentionMatch: loss must be 'kl' or 'mse', got {loss!r}")
+        self.loss, self.layer_map = loss, layer_map
+        self.pairs: list[tuple[int, int]] = []
+        self.heads: tuple[int, int] = (1, 1)
+
+    def configure(self, student: ModelInfo, teacher: ModelInfo | None) -> None:
+        if teacher is None:
+            raise ValueError("AttentionMatch needs an online teacher's attentions (teacher=none has none)")
+        # attentions are indexed 0..N-1 (no embedding entry): shift the 1-based map down by one.
+        pairs = resolve_layer_map(self.layer_map, student.num_layers, teacher.num_layers, "AttentionMatch")
+        if self.layer_map in ("uniform", "last"):
+            pairs = [(s - 1, t - 1) for s, t in pairs]
+        self.pairs = pairs
+        self.heads = (student.num_heads, teacher.num_heads)
+
+    def _match_heads(self, s: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        hs, ht = s.shape[1], t.shape[1]
+        if hs == ht:
+            return s, t
+        if ht % hs == 0:
+            return s, _group_heads(t, hs)
+        if hs % ht == 0:
+            return _group_heads(s, ht), t
+        return s.mean(1, keepdim=True), t.mean(1, keepdim=True)
+
+    def forward(self, inputs: LossInputs) -> torch.Tensor:
+        a_s, a_t = inputs.student.attentions, inputs.teacher.attentions
+        total = 0.0
+        for i, j in self.pairs:
+            s, t = self._match_heads(LF.upcast(a_s[i]), LF.upcast(a_t[j]).detach())
+            if self.loss == "kl":
+                # xlogy gives 0 for zero-probability keys (future or padded positions).
+                d = (torch.xlogy(t, t) - t * torch.log(s.clamp_min(1e-12))).sum(-1)
+            else:
+                d = (s - t).pow(2).sum(-1)
+            total = total + d.mean(1)  # mean over heads -> (B, L)
+        return total / len(self.pairs)

@@ -1,0 +1,154 @@
+"""Building students and teachers: ``from_pretrained`` for real models, ``from_config`` for tiny ones.
+
+A :class:`ModelSpec` is what a ``student/`` or ``teacher/`` config instantiates. It is cheap: it
+holds settings and reads only the model's *config* (no weights) until :meth:`ModelSpec.build` is
+called, so composing and validating a config never loads a model.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
+
+from distill.losses.components import ModelInfo
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float64": torch.float64, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
+
+
+@dataclass
+class LoraSettings:
+    """PEFT LoRA settings (Hu et al., 2021); ``target_modules`` name the linear layers to adapt."""
+
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+
+    def __post_init__(self):
+        if self.r < 1:
+            raise ValueError(f"student.lora.r must be >= 1, got {self.r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"student.lora.dropout must be in [0, 1), got {self.dropout}")
+
+
+class ModelSpec:
+    """How to build one causal LM.
+
+    Args:
+        name_or_path: hub id or local folder for ``from_pretrained``. Exactly one of this and
+            ``config`` is set (or both, for a model built from ``config`` and cached at ``name_or_path``).
+        config: keyword arguments of a Hugging Face config (with ``model_type``) for ``from_config``:
+            tiny models for tests and the embedded default.
+        tokenizer: tokenizer id or folder (defaults to ``name_or_path``).
+        tokenizer_build: settings to train the tokenizer when its folder is missing (embedded default).
+        dtype: "float32", "bfloat16", "float16" or "auto".
+        quantization: None, "4bit" (NF4, QLoRA) or "8bit" (bitsandbytes; needs a GPU).
+        lora: LoRA settings, or None for a full fine-tune.
+        gradient_checkpointing: trade compute for activation memory.
+        trust_remote_code: passed to ``from_pretrained``.
+    """
+
+    def __init__(self, name_or_path: str | None = None, config: dict | None = None, tokenizer: str | None = None,
+                 tokenizer_build: dict | None = None, dtype: str = "float32", quantization: str | None = None,
+                 lora: dict | None = None, gradient_checkpointing: bool = False, trust_remote_code: bool = False,
+                 role: str = "model"):
+        if name_or_path is None and config is None:
+            raise ValueError(f"{role}: set name_or_path (hub id or local folder) or config (to build from scratch)")
+        if dtype not in DTYPES:
+            raise ValueError(f"{role}.dtype: unknown {dtype!r}; use one of {sorted(DTYPES)}")
+        if quantization not in (None, "4bit", "8bit"):
+            raise ValueError(f"{role}.quantization: unknown {quantization!r}; use null, '4bit' or '8bit'")
+        self.name_or_path, self.config_kwargs, self.role = name_or_path, dict(config) if config else None, role
+        self.tokenizer = tokenizer or name_or_path
+        if self.tokenizer is None:
+            raise ValueError(f"{role}.tokenizer: a model built from config needs a tokenizer path")
+        self.tokenizer_build = dict(tokenizer_build) if tokenizer_build else None
+        self.dtype, self.quantization = dtype, quantization
+        self.lora = LoraSettings(**lora) if lora else None
+        self.gradient_checkpointing, self.trust_remote_code = gradient_checkpointing, trust_remote_code
+
+    # ----------------------------------------------------------------- config-only facts
+    @property
+    def from_scratch(self) -> bool:
+        """True when the weights come from ``config`` (random init) rather than a checkpoint."""
+        return self.config_kwargs is not None and not (self.name_or_path and Path(self.name_or_path).exists())
+
+    def hf_config(self) -> PretrainedConfig:
+        """The model's config, read without weights (local folder, hub cache, or ``config``)."""
+        if not self.from_scratch:
+            try:
+                return AutoConfig.from_pretrained(self.name_or_path, trust_remote_code=self.trust_remote_code)
+            except (OSError, ValueError) as e:
+                raise FileNotFoundError(
+                    f"{self.role}.name_or_path={self.name_or_path!r}: no model config found (not a local folder "
+                    f"with config.json, and not reachable on the hub: {e.__class__.__name__}). Fix the path, "
+                    "or download the model first.") from e
+        kwargs = dict(self.config_kwargs)
+        model_type = kwargs.pop("model_type", None)
+        if model_type is None:
+            raise ValueError(f"{self.role}.config needs a model_type (e.g. llama)")
+        return AutoConfig.for_model(model_type, **kwargs)
+
+    def info(self) -> ModelInfo:
+        return ModelInfo.from_hf_config(self.hf_config())
+
+    # ----------------------------------------------------------------- weights
+    def build(self, attn_implementation: str | None = None) -> torch.nn.Module:
+        """Load or create the model (and wrap it with LoRA when configured)."""
+        kwargs: dict[str, Any] = {}
+        if attn_implementation:
+            kwargs["attn_implementation"] = attn_implementation
+        dtype = DTYPES[self.dtype]
+        if self.from_scratch:
+            log.info("Building %s from config (%s)", self.role, self.config_kwargs.get("model_type"))
+            model = AutoModelForCausalLM.from_config(self.hf_config(), dtype=None if dtype == "auto" else dtype, **kwargs)
+        else:
+            if self.quantization:
+                kwargs["quantization_config"] = self._quantization_config()
+            log.info("Loading %s from %s", self.role, self.name_or_path)
+            model = AutoModelForCausalLM.from_pretrained(self.name_or_path, dtype=dtype,
+                                                         trust_remote_code=self.trust_remote_code, **kwargs)
+        if self.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+        if self.lora is not None:
+            model = self._wrap_lora(model)
+        return model
+
+    def _quantization_config(self):
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"{self.role}.quantization={self.quantization!r} needs a CUDA GPU (bitsandbytes "
+                               "k-bit kernels); use hardware=cpu without quantization on this machine")
+        from transformers import BitsAndBytesConfig
+
+        if self.quantization == "4bit":
+            return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                      bnb_4bit_compute_dtype=torch.bfloat16)
+        return BitsAndBytesConfig(load_in_8bit=True)
+
+    def _wrap_lora(self, model):
+        from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+        if self.quantization:
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=self.gradient_checkpointing)
+        cfg = LoraConfig(r=self.lora.r, lora_alpha=self.lora.alpha, lora_dropout=self.lora.dropout,
+                         target_modules=list(self.lora.target_modules), task_type="CAUSAL_LM")
+        model = get_peft_model(model, cfg)
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in model.parameters())
+        log.info("LoRA r=%d on %s: %d of %d parameters train (%.2f%%)", self.lora.r, self.lora.target_modules,
+                 trainable, total, 100 * trainable / max(total, 1))
+        return model
+
+    def __repr__(self) -> str:
+        return f"ModelSpec({self.role}: {self.name_or_path or self.config_kwargs.get('model_type')})"
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

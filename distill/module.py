@@ -1,0 +1,206 @@
+"""``DistillationModule``: the student, the frozen teacher and the loss in one LightningModule.
+
+Optimization is manual on purpose: the module receives a whole optimizer-step batch, splits it
+into micro-batches and normalises every token-level term by the unmasked tokens of the **whole
+step** (on all devices). The loss and its gradient then do not depend on the micro-batch size,
+which Lightning's automatic accumulation (divide each micro-batch mean by the number of
+micro-batches) gets wrong whenever micro-batches hold different numbers of real tokens.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import lightning as L
+import torch
+
+from distill import metrics as M
+from distill.losses.combine import DistillationLoss
+from distill.losses.components import (STUDENT_ATTN, STUDENT_HIDDEN, STUDENT_LOGITS, TEACHER_ATTN,
+                                       TEACHER_HIDDEN, TEACHER_LOGITS)
+from distill.models import ModelSpec
+from distill.teachers.base import NoTeacher, Teacher
+from distill.teachers.outputs import StudentOutput, TeacherOutput
+
+log = logging.getLogger(__name__)
+
+TEACHER_NEEDS = frozenset({TEACHER_LOGITS, TEACHER_HIDDEN, TEACHER_ATTN})
+
+
+def next_token_targets(labels: torch.Tensor) -> torch.Tensor:
+    """``(B, L)`` labels -> ``(B, L)`` targets: position ``t`` predicts ``labels[t + 1]``; the last is -100."""
+    return torch.nn.functional.pad(labels[:, 1:], (0, 1), value=-100)
+
+
+def output_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.Tensor]:
+    """The transformer body (returns final hidden states) and the ``lm_head`` weight of a causal LM."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base.get_decoder(), base.get_output_embeddings().weight
+
+
+class DistillationModule(L.LightningModule):
+    """Trains a student against a teacher with a multi-component loss.
+
+    Args:
+        student: how to build the student (full fine-tune or LoRA).
+        teacher: a :class:`Teacher` (online HF model, cached logits, or none).
+        loss: the :class:`DistillationLoss` combiner.
+        optimizer: partial ``params -> torch.optim.Optimizer``.
+        scheduler: partial ``optimizer -> LRScheduler`` stepped every optimizer step, or None.
+        micro_batch_size: examples per forward/backward; the step batch is split into chunks of
+            this size (None = no split).
+        grad_clip: max global gradient norm (None = off).
+        vocab_size: compare logits over the first ``vocab_size`` ids only (the shared tokenizer's
+            size), so models whose embedding matrices are padded differently still line up.
+    """
+
+    def __init__(self, student: ModelSpec, teacher: Teacher | None, loss: DistillationLoss,
+                 optimizer: Callable, scheduler: Callable | None = None, micro_batch_size: int | None = None,
+                 grad_clip: float | None = 1.0, vocab_size: int | None = None):
+        super().__init__()
+        teacher = teacher or NoTeacher()
+        needs = loss.needs
+        wants_attn = bool(needs & {STUDENT_ATTN, TEACHER_ATTN})
+        if wants_attn:
+            log.info("attention matching needs attention probabilities: using the eager attention "
+                     "implementation (slower and more memory than sdpa/flash)")
+        attn_impl = "eager" if wants_attn else None
+        self.student = student.build(attn_impl)
+        self.student_spec = student
+        teacher.load(attn_impl)
+        loss.configure(student.info(), teacher.info(), teacher.kind)
+        self.loss = loss
+        # A plain list hides the teacher from nn.Module registration: never trained, never saved.
+        self._teacher = [teacher]
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        if micro_batch_size is not None and micro_batch_size < 1:
+            raise ValueError(f"module.micro_batch_size must be >= 1 or null, got {micro_batch_size}")
+        self.micro_batch_size, self.grad_clip, self.vocab_size = micro_batch_size, grad_clip, vocab_size
+        self.automatic_optimization = False
+        self._val_totals: dict[str, float] = {}
+
+    @property
+    def teacher(self) -> Teacher:
+        return self._teacher[0]
+
+    # ------------------------------------------------------------------ forward passes
+    def _vocab(self, logits: torch.Tensor | None) -> torch.Tensor | None:
+        if logits is None or self.vocab_size is None or logits.shape[-1] == self.vocab_size:
+            return logits
+        return logits[..., : self.vocab_size]
+
+    def student_forward(self, batch: dict, needs: frozenset[str]) -> StudentOutput:
+        """Run the student, computing only what the loss needs (hidden states, attentions, logits)."""
+        hidden, attn = STUDENT_HIDDEN in needs, STUDENT_ATTN in needs
+        if STUDENT_LOGITS not in needs and not attn:
+            # Fused losses: stop at the final hidden states; the loss applies lm_head chunk by chunk.
+            body, head = output_head(self.student)
+            out = body(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                       output_hidden_states=hidden, use_cache=False)
+            return StudentOutput(last_hidden=out.last_hidden_state, lm_head_weight=head,
+                                 hidden_states=out.hidden_states if hidden else None)
+        out = self.student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                           output_hidden_states=hidden, output_attentions=attn, use_cache=False)
+        return StudentOutput(logits=self._vocab(out.logits), hidden_states=out.hidden_states if hidden else None,
+                             attentions=out.attentions if attn else None)
+
+    def teacher_forward(self, batch: dict, needs: frozenset[str]) -> TeacherOutput:
+        out = self.teacher(batch, needs)
+        if out.logits is not None:
+            out.logits = self._vocab(out.logits)
+        return out
+
+    def _move_teacher(self) -> None:
+        self.teacher.to(self.device)
+
+    def on_fit_start(self) -> None:
+        self._move_teacher()
+
+    def on_validation_start(self) -> None:
+        self._move_teacher()
+
+    # ------------------------------------------------------------------ training
+    def _global_tokens(self, n_local: torch.Tensor) -> torch.Tensor:
+        if self._trainer is not None and self.trainer.world_size > 1:
+            return self.trainer.strategy.reduce(n_local.float(), reduce_op="sum")
+        return n_local
+
+    def step_loss(self, batch: dict, step: int, backward: Callable | None = None) -> tuple[torch.Tensor, dict]:
+        """Loss of one optimizer-step batch, split into micro-batches; optionally backprops each.
+
+        Returns the step loss (sum over micro-batches) and the summed component logs.
+        """
+        targets = next_token_targets(batch["labels"])
+        n_step = self._global_tokens((targets != -100).sum())
+        world = self.trainer.world_size if self._trainer is not None else 1
+        size = batch["input_ids"].shape[0]
+        mbs = self.micro_batch_size or size
+        total = torch.zeros((), device=targets.device)
+        logs: dict[str, float | torch.Tensor] = {}
+        needs = self.loss.needs
+        for start in range(0, size, mbs):
+            micro = {k: v[start:start + mbs] for k, v in batch.items()}
+            student = self.student_forward(micro, needs)
+            teacher = self.teacher_forward(micro, needs) if needs & TEACHER_NEEDS else TeacherOutput.none()
+            loss, parts = self.loss(student, teacher, targets[start:start + mbs], step, n_step)
+            if backward is not None:
+                # DDP averages gradients over ranks; undo it so the step loss is sum / global tokens.
+                backward(loss * world)
+            total = total + loss.detach()
+            for k, v in parts.items():
+                # component values add up over micro-batches (each is already / N_step); weights
+                # and the temperature are the same for all of them.
+                summed = not k.startswith("w_") and k != "temperature"
+                logs[k] = logs.get(k, 0.0) + v if summed else v
+        return total, logs
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        opt = self.optimizers()
+        step = self.trainer.global_step
+        loss, logs = self.step_loss(batch, step, backward=self.manual_backward)
+        if self.grad_clip:
+            self.clip_gradients(opt, gradient_clip_val=self.grad_clip, gradient_clip_algorithm="norm")
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        sched = self.lr_schedulers()
+        if sched is not None:
+            sched.step()
+        bs = batch["input_ids"].shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=bs)
+        self.log_dict({f"train/{k}": v for k, v in logs.items()}, batch_size=bs)
+        self.log("train/lr", opt.param_groups[0]["lr"], batch_size=bs)
+        return loss
+
+    # ------------------------------------------------------------------ validation
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        targets = next_token_targets(batch["labels"])
+        student = self.student_forward(batch, frozenset({STUDENT_LOGITS}))
+        teacher_logits = None
+        if self.teacher.kind == "full":
+            teacher_logits = self.teacher_forward(batch, frozenset({TEACHER_LOGITS})).logits
+        M.accumulate(self._val_totals, M.heldout_metrics(student.logits, teacher_logits, targets))
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_totals = {}
+
+    def on_validation_epoch_end(self) -> None:
+        totals = self._val_totals
+        if self._trainer is not None and self.trainer.world_size > 1:
+            keys = sorted(totals)
+            t = self.trainer.strategy.reduce(torch.tensor([totals[k] for k in keys], device=self.device),
+                                             reduce_op="sum")
+            totals = dict(zip(keys, t.tolist()))
+        for k, v in M.finalize(totals).items():
+            self.log(f"val/{k}", v, sync_dist=False)
+
+    # ------------------------------------------------------------------ optimizers
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        """Student (or its LoRA adapters) plus trainable loss parts (projections); never the teacher."""
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def configure_optimizers(self):
+        opt = self.optimizer_factory(self.trainable_parameters())
+        if self.scheduler_factory is None:
+            return opt
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": self.scheduler_factory(opt), "interval": "step"}}

@@ -1,0 +1,22 @@
+"""Learning-rate schedules for ``module.scheduler`` (configs give them as ``_partial_: true``)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int = 0,
+                  min_ratio: float = 0.1) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warmup to the base LR, then cosine decay to ``min_ratio`` of it at ``total_steps``."""
+    if total_steps < 1:
+        raise ValueError(f"scheduler.total_steps must be >= 1, got {total_steps} (set trainer.max_steps)")
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

@@ -1,0 +1,121 @@
+"""The end-of-run summary: teacher vs distilled student vs CE-only student on held-out data.
+
+The CE-only baseline is the same student trained for the same steps on the same data with hard
+labels only (``loss=ce``). It is trained once and cached under ``paths.cache_dir/baselines``
+keyed by everything that affects it, so later runs (and sweeps) reuse it.
+
+``gap closed = (CE_baseline - CE_distilled) / (CE_baseline - CE_teacher)``: the share of the
+distance between the CE-only student and the teacher that distillation recovered.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+log = logging.getLogger(__name__)
+
+CE_LOSS = {"_target_": "distill.losses.combine.DistillationLoss",
+           "components": {"ce": {"_target_": "distill.losses.components.CrossEntropy"}}, "weights": {"ce": 1.0}}
+
+
+def _is_ce_only(cfg: DictConfig) -> bool:
+    comps = cfg.loss.get("components") or {}
+    return all(str(c.get("_target_", "")).endswith("CrossEntropy") for c in comps.values())
+
+
+def baseline_key(cfg: DictConfig) -> str:
+    """Hash of what determines the CE-only student (not the loss or logging)."""
+    parts = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("student", "data", "module", "seed")}
+    parts["teacher"] = OmegaConf.to_container(cfg.teacher, resolve=True)  # its val metrics are reported too
+    parts["steps"] = cfg.trainer.max_steps
+    return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def run_baseline(cfg: DictConfig) -> dict[str, float]:
+    """Train (or reuse) the CE-only student of ``cfg``; return its final metrics."""
+    from distill.train import train
+
+    out_dir = Path(cfg.paths.cache_dir) / "baselines" / baseline_key(cfg)
+    result = out_dir / "metrics.json"
+    if result.exists():
+        log.info("CE-only baseline: reusing %s", result)
+        return json.loads(result.read_text())
+    log.info("CE-only baseline: training the same student with loss=ce for %d steps -> %s",
+             cfg.trainer.max_steps, out_dir)
+    base = copy.deepcopy(cfg)
+    with open_dict(base):
+        base.loss = OmegaConf.create(CE_LOSS)
+        base.paths.output_dir = str(out_dir)
+        base.summary.enabled = False
+        base.export.enabled = False
+        base.ckpt_path = None
+        base.logger = {}
+        base.callbacks = {}
+        base.trainer.enable_checkpointing = False
+    metrics = train(base)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result.write_text(json.dumps(metrics, indent=2))
+    return metrics
+
+
+def gap_closed(student: float, baseline: float, teacher: float) -> float | None:
+    gap = baseline - teacher
+    return None if gap <= 0 else (baseline - student) / gap
+
+
+def format_table(rows: list[tuple[str, dict]]) -> str:
+    lines = [f"{'model':<28}{'held-out CE':>12}{'ppl':>9}{'top-1 agree':>13}{'KL(T||S)':>10}",
+             "-" * 72]
+    for name, m in rows:
+        agree = f"{m['agreement']:.3f}" if "agreement" in m else "-"
+        kl = f"{m['kl']:.3f}" if "kl" in m else "-"
+        lines.append(f"{name:<28}{m['loss']:>12.3f}{m['ppl']:>9.1f}{agree:>13}{kl:>10}")
+    return "\n".join(lines)
+
+
+def summarize(cfg: DictConfig, metrics: dict[str, float]) -> dict[str, float]:
+    """Print the summary, write ``summary.json``; return extra metrics (``summary/*``)."""
+    if "val/loss" not in metrics:
+        log.warning("summary: no val/loss logged (validation never ran); nothing to summarise")
+        return {}
+    student = {k[4:]: v for k, v in metrics.items() if k.startswith("val/")}
+    rows = []
+    teacher = None
+    if "teacher_loss" in student:
+        teacher = {"loss": student["teacher_loss"], "ppl": student["teacher_ppl"]}
+        rows.append(("teacher", teacher))
+    out = {}
+    baseline = None
+    if cfg.summary.baseline and teacher is not None and not _is_ce_only(cfg):
+        b = run_baseline(cfg)
+        baseline = {k[4:]: v for k, v in b.items() if k.startswith("val/")}
+        rows.append(("student, CE only (baseline)", baseline))
+    rows.append(("student, distilled" if not _is_ce_only(cfg) else "student, CE only", student))
+    lines = [f"\n=== distill summary ({cfg.trainer.max_steps} steps) ===", format_table(rows)]
+    if baseline is not None:
+        closed = gap_closed(student["loss"], baseline["loss"], teacher["loss"])
+        out["summary/baseline_loss"] = baseline["loss"]
+        if closed is None:
+            lines.append("WARNING: the teacher is not better than the CE-only student on held-out data, so it has "
+                         "nothing to teach. Train the teacher longer (teacher.pretrain.steps) or use a larger one.")
+        else:
+            out["summary/gap_closed"] = closed
+            lines.append(f"distillation closed {100 * closed:.1f}% of the CE-student-to-teacher gap "
+                         f"({baseline['loss']:.3f} -> {student['loss']:.3f}; teacher {teacher['loss']:.3f})")
+            if baseline["loss"] - teacher["loss"] < 0.2:
+                lines.append("WARNING: the teacher is barely stronger than the student trained alone "
+                             f"({baseline['loss'] - teacher['loss']:.3f} nats); distillation cannot help much.")
+    text = "\n".join(lines)
+    print(text, flush=True)
+    out_dir = Path(cfg.paths.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "summary.json").write_text(json.dumps(
+        {"teacher": teacher, "baseline": baseline, "student": student, **out}, indent=2))
+    (out_dir / "summary.txt").write_text(text + "\n")
+    return out

@@ -1,0 +1,73 @@
+"""A frozen Hugging Face causal LM as an online teacher."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from distill.losses.components import TEACHER_ATTN, TEACHER_HIDDEN, ModelInfo
+from distill.models import ModelSpec
+from distill.teachers.base import Teacher
+from distill.teachers.outputs import TeacherOutput
+
+log = logging.getLogger(__name__)
+
+
+class HFTeacher(Teacher):
+    """Online teacher: runs the frozen model on every batch, in eval mode, without gradients.
+
+    Args:
+        model: how to build the teacher (any ``AutoModelForCausalLM``, optionally 4-bit).
+        pretrain: when set and ``model.name_or_path`` does not exist yet, the teacher is first
+            trained from ``model.config`` on the run's training data and saved there (see
+            :mod:`distill.teachers.pretrain`); later runs reuse it. This is how the embedded default
+            gets a teacher on a machine without a model hub.
+    """
+
+    kind = "full"
+
+    def __init__(self, model: ModelSpec, pretrain: dict | None = None):
+        self.spec = model
+        self.spec.role = "teacher"
+        self.pretrain = dict(pretrain) if pretrain else None
+        if self.spec.lora is not None:
+            raise ValueError("teacher.model.lora: a frozen teacher takes no LoRA adapter; remove it")
+        self.model: torch.nn.Module | None = None
+
+    def info(self) -> ModelInfo:
+        return self.spec.info()
+
+    @property
+    def tokenizer(self) -> str | None:
+        return self.spec.tokenizer
+
+    def prepare(self, datamodule) -> None:
+        if self.pretrain and self.spec.name_or_path and not Path(self.spec.name_or_path).exists():
+            from distill.teachers.pretrain import pretrain_teacher
+
+            pretrain_teacher(self.spec, datamodule, **self.pretrain)
+
+    def load(self, attn_implementation: str | None = None) -> None:
+        if self.model is None:
+            if self.spec.from_scratch:
+                log.warning("teacher is built from config with random weights: it has nothing to teach. "
+                            "Point teacher.model.name_or_path at a trained model (or set teacher.pretrain).")
+            model = self.spec.build(attn_implementation)
+            model.eval()
+            model.requires_grad_(False)
+            self.model = model
+
+    def to(self, device: torch.device) -> "HFTeacher":
+        if self.model is not None and self.spec.quantization is None:
+            self.model.to(device)
+        return self
+
+    @torch.no_grad()
+    def __call__(self, batch: dict, needs: frozenset[str]) -> TeacherOutput:
+        out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                         output_hidden_states=TEACHER_HIDDEN in needs, output_attentions=TEACHER_ATTN in needs,
+                         use_cache=False)
+        return TeacherOutput(logits=out.logits, hidden_states=out.hidden_states if TEACHER_HIDDEN in needs else None,
+                             attentions=out.attentions if TEACHER_ATTN in needs else None)

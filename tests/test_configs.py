@@ -1,0 +1,100 @@
+"""Every file under conf/ composes, and every `_target_` matches its callable's signature.
+
+Nothing here loads model weights: targets are imported and inspected, not instantiated.
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.utils import get_method
+from omegaconf import OmegaConf
+
+from distill.train import CONF_DIR
+
+CONF = Path(CONF_DIR)
+PRIMARY = sorted(p.stem for p in CONF.glob("*.yaml"))
+HYDRA_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
+# Arguments that train() passes at instantiate time rather than from the config.
+RUNTIME_ARGS = {"student", "teacher", "loss", "vocab_size", "callbacks", "logger", "tokenizer"}
+
+
+def config_files() -> list[Path]:
+    return sorted(p for p in CONF.rglob("*.yaml"))
+
+
+def _compose(primary: str, overrides: list[str]):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose(config_name=primary, overrides=overrides, return_hydra_config=True)
+
+
+def compose_file(path: Path):
+    """Compose ``path`` the way a user would select it: as a primary config or a group option."""
+    rel = path.relative_to(CONF)
+    if len(rel.parts) == 1:
+        return _compose(rel.stem, [])
+    group, name = "/".join(rel.parts[:-1]), rel.stem
+    errors = []
+    for primary in ["train", *[p for p in PRIMARY if p != "train"]]:
+        for override in (f"{group}={name}", f"+{group}={name}"):
+            try:
+                return _compose(primary, [override])
+            except Exception as e:  # try the next primary config / override form
+                errors.append(f"{primary} {override}: {e}")
+    raise AssertionError(f"{rel} composes with no primary config:\n" + "\n".join(errors))
+
+
+def targets(node, path="cfg"):
+    """Yield ``(key path, dict)`` for every mapping with a `_target_`."""
+    if isinstance(node, dict):
+        if "_target_" in node:
+            yield path, node
+        for k, v in node.items():
+            yield from targets(v, f"{path}.{k}")
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from targets(v, f"{path}[{i}]")
+
+
+def check_signature(where: str, node: dict) -> None:
+    fn = get_method(node["_target_"]) if not isinstance(node["_target_"], type) else node["_target_"]
+    sig = inspect.signature(fn)
+    params = sig.parameters
+    takes_kwargs = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    keys = set(node) - HYDRA_KEYS
+    unknown = sorted(k for k in keys if k not in params and not takes_kwargs)
+    assert not unknown, f"{where}: {node['_target_']} takes no argument(s) {unknown}"
+    if node.get("_partial_"):
+        return
+    required = {n for n, p in params.items() if p.default is p.empty and p.kind in
+                (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and n != "self"}
+    missing = sorted(required - keys - RUNTIME_ARGS)
+    assert not missing, f"{where}: {node['_target_']} needs {missing}, which the config does not give"
+
+
+@pytest.mark.parametrize("path", config_files(), ids=lambda p: str(p.relative_to(CONF)))
+def test_every_config_file_composes_and_targets_match_signatures(path):
+    cfg = compose_file(path)
+    container = OmegaConf.to_container(cfg, resolve=False)
+    container.pop("hydra", None)
+    found = list(targets(container))
+    for where, node in found:
+        check_signature(where, node)
+
+
+def test_the_walk_sees_every_group():
+    groups = {p.parent.name for p in config_files() if p.parent != CONF}
+    assert {"teacher", "student", "loss", "hardware", "data", "trainer", "logger", "callbacks", "paths",
+            "experiment", "debug"} <= groups
+
+
+def test_unknown_key_fails_with_its_name():
+    with pytest.raises(Exception, match="lossx"):
+        _compose("train", ["lossx.temperature=2"])
+    with pytest.raises(Exception, match="temprature"):
+        _compose("train", ["loss.temprature=2"])

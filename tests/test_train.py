@@ -1,0 +1,104 @@
+"""End to end on tiny models: train, log every component, checkpoint, resume, export, reload."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf, open_dict
+from transformers import AutoModelForCausalLM
+
+from distill.train import build_components, train
+
+
+from distill.runs import read_metrics
+
+
+def test_tiny_run_logs_components_checkpoints_resumes_and_exports(tiny_cfg, tmp_path):
+    run = tmp_path / "run"
+    cfg = tiny_cfg("loss=progressive", output_dir=run)
+    metrics = train(cfg)
+    rows = read_metrics(run)
+    logged = {k for r in rows for k in r}
+    for name in ("ce", "kl", "hidden", "attn"):
+        assert f"train/{name}" in logged and f"train/w_{name}" in logged
+    assert {"train/temperature", "train/loss", "val/loss", "val/agreement", "val/kl", "val/teacher_loss"} <= logged
+    # the temperature follows its schedule (Linear 4 -> 1 over max_steps=4)
+    temps = [r["train/temperature"] for r in rows if "train/temperature" in r]
+    assert temps == [4.0, 3.25, 2.5, 1.75]
+    assert (run / "checkpoints" / "last.ckpt").exists()
+    assert metrics["val/loss"] > 0
+
+    # resume: same run dir, more steps; training continues from step 4
+    with open_dict(cfg):
+        cfg.ckpt_path = "last"
+        cfg.trainer.max_steps = 6
+    train(cfg)
+    train_rows = [r for r in read_metrics(run) if "train/loss" in r]
+    assert len(train_rows) == 6, "the resumed run must run steps 4-5 only, keeping the log of steps 0-3"
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 6
+
+    # the exported student reloads with identical logits
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    parts = build_components(cfg)
+    parts.module.load_state_dict(ckpt["state_dict"])
+    # same attention kernel as in training (attention matching switched it to eager), so equal bits
+    impl = parts.module.student.config._attn_implementation
+    reloaded = AutoModelForCausalLM.from_pretrained(run / "student", attn_implementation=impl)
+    ids = torch.randint(0, 2000, (2, 16))
+    parts.module.student.eval()
+    with torch.no_grad():
+        assert torch.equal(parts.module.student(ids).logits, reloaded(ids).logits)
+    # trainable extras (the hidden-state projection) are in the checkpoint, the teacher is not
+    keys = ckpt["state_dict"].keys()
+    assert any(k.startswith("loss.components.hidden.projections") for k in keys)
+    assert not any("teacher" in k for k in keys)
+
+
+def test_lora_student_exports_merged_and_reloads(tiny_cfg, tmp_path):
+    run = tmp_path / "lora"
+    cfg = tiny_cfg("+student.lora={r: 4, alpha: 8, dropout: 0.0, target_modules: [q_proj, v_proj]}",
+                   "trainer.max_steps=2", output_dir=run)
+    train(cfg)
+    reloaded = AutoModelForCausalLM.from_pretrained(run / "student")
+    assert not any("lora" in n for n, _ in reloaded.named_parameters())
+
+
+def _accumulation_grads(tiny_cfg, tmp_path, micro: int | None):
+    cfg = tiny_cfg("loss=hidden", "+loss.components.ce={_target_: distill.losses.components.CrossEntropy}",
+                   "+loss.weights.ce=0.5", "student.dtype=float64", "+teacher.model.dtype=float64",
+                   f"module.micro_batch_size={micro if micro else 'null'}", output_dir=tmp_path / f"acc{micro}")
+    torch.manual_seed(0)
+    parts = build_components(cfg)
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, 2000, (8, 12), generator=g)
+    attn = torch.ones_like(ids)
+    lengths = [12, 3, 9, 5, 12, 1, 7, 11]  # every micro-batch of 2 holds a different token count
+    for i, n in enumerate(lengths):
+        attn[i, n:] = 0
+    labels = ids.masked_fill(attn == 0, -100)
+    batch = {"input_ids": ids, "attention_mask": attn, "labels": labels}
+    module = parts.module
+    module.loss.double()  # the projection is created in fp32; the whole comparison runs in fp64
+    loss, _ = module.step_loss(batch, step=0, backward=lambda l: l.backward())
+    grads = {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
+    return loss, grads
+
+
+def test_one_step_of_8_equals_4_micro_batches_of_2(tiny_cfg, tmp_path):
+    loss_full, g_full = _accumulation_grads(tiny_cfg, tmp_path, None)
+    loss_acc, g_acc = _accumulation_grads(tiny_cfg, tmp_path, 2)
+    assert abs(loss_full.item() - loss_acc.item()) < 1e-6
+    assert g_full.keys() == g_acc.keys() and any("projections" in k for k in g_full)
+    for k in g_full:
+        assert g_full[k].dtype == torch.float64
+        assert torch.allclose(g_full[k], g_acc[k], atol=1e-6, rtol=0), k
+
+
+def test_custom_component_from_outside_the_package(tiny_cfg):
+    cfg = tiny_cfg("+loss.components.margin={_target_: tests.fixtures.my_losses.TopOneMargin, margin: 2.0}",
+                   "+loss.weights.margin=0.3", "trainer.max_steps=2")
+    metrics = train(cfg)
+    assert "train/margin" in metrics and "train/w_margin" in metrics
+    assert metrics["train/w_margin"] == pytest.approx(0.3)

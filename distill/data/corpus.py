@@ -89,6 +89,19 @@ def pack(token_lists: list[list[int]], block: int, eos_id: int | None) -> list[d
             for i in range(n)]
 
 
+def cap_chars(texts: list[str], max_chars: int | None) -> list[str]:
+    """The leading documents up to ``max_chars`` characters in total (bounds tokenization time)."""
+    if max_chars is None:
+        return texts
+    out, total = [], 0
+    for t in texts:
+        if total >= max_chars:
+            break
+        out.append(t)
+        total += len(t)
+    return out
+
+
 class _TextSource:
     """Shared logic: texts -> tokenized, packed examples, cached on disk per tokenizer."""
 
@@ -166,9 +179,9 @@ class TextFiles(_TextSource):
     """
 
     def __init__(self, train: str, val: str | None = None, glob: str = "**/*.py", text_field: str = "text",
-                 val_fraction: float = 0.05, cache_dir: str | None = None):
+                 val_fraction: float = 0.05, max_chars: int | None = None, cache_dir: str | None = None):
         self.train, self.val, self.glob, self.text_field = train, val, glob, text_field
-        self.val_fraction, self.cache_dir = val_fraction, cache_dir
+        self.val_fraction, self.max_chars, self.cache_dir = val_fraction, max_chars, cache_dir
 
     def _read(self, path: str) -> list[str]:
         p = Path(path)
@@ -192,9 +205,10 @@ class TextFiles(_TextSource):
 
     def texts(self, split: str) -> list[str]:
         if self.val is not None:
-            return self._read(self.train if split == "train" else self.val)
+            return cap_chars(self._read(self.train if split == "train" else self.val), self.max_chars)
         docs = self._read(self.train)
-        return [d for i, d in enumerate(docs) if _is_val(str(i), self.val_fraction) == (split == "val")]
+        return cap_chars([d for i, d in enumerate(docs) if _is_val(str(i), self.val_fraction) == (split == "val")],
+                         self.max_chars)
 
 
 class HFDataset(_TextSource):
@@ -209,9 +223,10 @@ class HFDataset(_TextSource):
 
     def __init__(self, path: str, name: str | None = None, train_split: str = "train",
                  val_split: str | None = "validation", text_field: str = "text", val_fraction: float = 0.05,
-                 max_rows: int | None = None, cache_dir: str | None = None):
+                 max_rows: int | None = None, max_chars: int | None = None, cache_dir: str | None = None):
         self.path, self.name, self.train_split, self.val_split = path, name, train_split, val_split
         self.text_field, self.val_fraction, self.max_rows, self.cache_dir = text_field, val_fraction, max_rows, cache_dir
+        self.max_chars = max_chars
 
     def texts(self, split: str) -> list[str]:
         from datasets import load_dataset
@@ -224,6 +239,6 @@ class HFDataset(_TextSource):
         rows = ds[self.text_field][: self.max_rows] if self.max_rows else ds[self.text_field]
         if self.val_split is None:
             rows = [r for i, r in enumerate(rows) if _is_val(str(i), self.val_fraction) == (split == "val")]
-        return rows
+        return cap_chars(list(rows), self.max_chars)
 
 

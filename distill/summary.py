@@ -31,9 +31,8 @@ def _is_ce_only(cfg: DictConfig) -> bool:
 
 def baseline_key(cfg: DictConfig) -> str:
     """Hash of what determines the CE-only student (not the loss or logging)."""
-    parts = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("student", "data", "module", "seed")}
-    parts["teacher"] = OmegaConf.to_container(cfg.teacher, resolve=True)  # its val metrics are reported too
-    parts["steps"] = cfg.trainer.max_steps
+    parts = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("student", "data", "module", "teacher")}
+    parts["seed"], parts["steps"] = cfg.seed, cfg.trainer.max_steps
     return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 

@@ -102,3 +102,61 @@ def test_custom_component_from_outside_the_package(tiny_cfg):
     metrics = train(cfg)
     assert "train/margin" in metrics and "train/w_margin" in metrics
     assert metrics["train/w_margin"] == pytest.approx(0.3)
+
+
+def test_teacher_is_frozen_and_untouched_by_training(tiny_cfg, tmp_path):
+    cfg = tiny_cfg("trainer.max_steps=2", "export.enabled=false", output_dir=tmp_path / "frozen")
+    parts = build_components(cfg)
+    teacher = parts.teacher.model
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    import lightning as L
+
+    trainer = L.Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        limit_val_batches=0, accelerator="cpu")
+    trainer.fit(parts.module, datamodule=parts.datamodule)
+    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+    assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
+    trainable = {id(p) for p in parts.module.trainable_parameters()}
+    assert not any(id(p) in trainable for p in teacher.parameters())
+    assert not any(k.startswith("teacher") or "_teacher" in k for k in parts.module.state_dict())
+
+
+def test_padded_embedding_sizes_share_the_tokenizer_ids(tiny_cfg):
+    # Same tokenizer, teacher embedding padded to 2176 rows (like Qwen2.5 7B vs 0.5B): logits line
+    # up on the tokenizer's 2048 ids and the KL is computed over those.
+    cfg = tiny_cfg("teacher.model.config.vocab_size=2176", "trainer.max_steps=2")
+    parts = build_components(cfg)
+    assert parts.module.vocab_size == len(parts.tokenizer) == 2048
+    batch = next(iter(parts.datamodule.train_dataloader())) if parts.datamodule.train_set else None
+    if batch is None:
+        parts.datamodule.setup("fit")
+        batch = next(iter(parts.datamodule.train_dataloader()))
+    t = parts.module.teacher_forward(batch, frozenset({"teacher_logits"}))
+    assert t.logits.shape[-1] == 2048
+    metrics = train(cfg)
+    assert torch.isfinite(torch.tensor(metrics["train/kl"]))
+
+
+def test_lora_adapter_export_reloads_with_peft(tiny_cfg, tmp_path):
+    import lightning as L
+    from peft import PeftModel
+
+    run = tmp_path / "adapter"
+    cfg = tiny_cfg("+student.lora={r: 4, alpha: 8, dropout: 0.0, target_modules: [q_proj, v_proj]}",
+                   "trainer.max_steps=2", "export.merge_lora=false", output_dir=run)
+    train(cfg)
+    assert (run / "student" / "adapter_config.json").exists()
+    assert not (run / "student" / "model.safetensors").exists()
+    # Rebuild the trained module from its checkpoint, and separately the frozen base exactly as
+    # train() initialised it (same seed, LoRA off), then put the exported adapter on that base.
+    parts = build_components(cfg)
+    parts.module.load_state_dict(torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"])
+    with open_dict(cfg):
+        cfg.student.lora = None
+    L.seed_everything(cfg.seed)
+    base = build_components(cfg).module.student
+    reloaded = PeftModel.from_pretrained(base, run / "student")
+    ids = torch.randint(0, 2000, (2, 12))
+    parts.module.student.eval(), reloaded.eval()
+    with torch.no_grad():
+        assert torch.allclose(parts.module.student(ids).logits, reloaded(ids).logits, atol=1e-6)

@@ -98,6 +98,7 @@ class DistillationModule(L.LightningModule):
             body, head = output_head(self.student)
             out = body(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                        output_hidden_states=hidden, use_cache=False)
+            head = head if self.vocab_size is None else head[: self.vocab_size]
             return StudentOutput(last_hidden=out.last_hidden_state, lm_head_weight=head,
                                  hidden_states=out.hidden_states if hidden else None)
         out = self.student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],

@@ -160,3 +160,9 @@ def test_lora_adapter_export_reloads_with_peft(tiny_cfg, tmp_path):
     parts.module.student.eval(), reloaded.eval()
     with torch.no_grad():
         assert torch.allclose(parts.module.student(ids).logits, reloaded(ids).logits, atol=1e-6)
+
+
+@pytest.mark.parametrize("loss", ["kd_chunked", "kd_fused"])
+def test_chunked_and_fused_losses_train_end_to_end(tiny_cfg, loss):
+    metrics = train(tiny_cfg(f"loss={loss}", "trainer.max_steps=2"))
+    assert torch.isfinite(torch.tensor(metrics["train/kl"])) and metrics["train/kl"] > 0

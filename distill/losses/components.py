@@ -137,7 +137,7 @@ class _LogitDivergence(LossComponent):
 
     def forward(self, inputs: LossInputs) -> torch.Tensor:
         t = inputs.temperature
-        value = self.divergence(inputs.student.logits, inputs.teacher.logits, t)
+        value = self.divergence(inputs.student.logits, inputs.teacher.logits.detach(), t)
         # Gradients of the softened KL scale as 1/T^2; multiplying by T^2 keeps the soft term's
         # magnitude comparable to the hard term when T changes (Hinton et al., 2015, sec. 2).
         return value * (t * t) if self.scale_by_t2 else value

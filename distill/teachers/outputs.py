@@ -28,20 +28,27 @@ class TeacherOutput:
         sampled: True when the sparse support was importance-sampled rather than top-k; then
             ``topk_logprobs`` hold log of the *estimator weights* that sum to 1 per token
             (see ``distill.losses.sparse``).
+        tail: ``(B, L)`` stored tail mass ``1 - sum exp(topk_logprobs)`` of a top-k cache, or None
+            (then derived from ``topk_logprobs``).
         hidden_states: tuple of ``(B, L, D_t)``, embeddings first (as Hugging Face returns them).
         attentions: tuple of ``(B, H_t, L, L)`` per layer.
+        last_hidden / lm_head_weight: ``(B, L, D_t)`` and ``(V, D_t)``: a full teacher given as its
+            final hidden states and output head, so fused losses never materialise its logits.
     """
 
     logits: torch.Tensor | None = None
     topk_ids: torch.Tensor | None = None
     topk_logprobs: torch.Tensor | None = None
     sampled: bool = False
+    tail: torch.Tensor | None = None
     hidden_states: tuple[torch.Tensor, ...] | None = None
     attentions: tuple[torch.Tensor, ...] | None = None
+    last_hidden: torch.Tensor | None = None
+    lm_head_weight: torch.Tensor | None = None
 
     @property
     def kind(self) -> TeacherKind:
-        if self.logits is not None:
+        if self.logits is not None or self.lm_head_weight is not None:
             return "full"
         if self.topk_logprobs is not None:
             return "sparse"

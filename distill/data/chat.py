@@ -1,0 +1,202 @@
+"""Prompt/answer pairs formatted with the student's chat template, prompt tokens masked.
+
+This is the data side of sequence-level distillation from an API teacher: the teacher's answers
+are the targets, so the student should learn ``p(answer | prompt)`` and nothing else. Two details
+decide whether that is what actually trains:
+
+* **Same format as inference.** Pairs are rendered with the tokenizer's own chat template (the one
+  ``generate`` will use), so the student sees the exact special tokens it will see at test time.
+  Base models without a template (CodeLlama-7B) get :data:`FALLBACK_TEMPLATE`, an instruction
+  format that :func:`format_prompt` reproduces for generation.
+* **Mask exactly the prompt.** The prompt is tokenized on its own and the answer continues from
+  it, which is how generation sees it; every prompt token (system, user turn, the assistant
+  header) gets label ``-100``, every answer token (including the end-of-turn token, so the
+  student learns to stop) keeps its id.
+
+Pairs longer than ``max_length`` are dropped or have their answer truncated (``overlong``), and the
+counts are logged per split, so a too-small ``seq_len`` shows up as a number rather than as a
+silently shrunken dataset.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from distill.losses.functional import IGNORE_INDEX
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val")
+FALLBACK_TEMPLATE = "{system_block}### Instruction:\n{prompt}\n\n### Response:\n"
+
+
+def _has_template(tokenizer) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def _messages(prompt: str, system: str | None, merge_system: bool = False) -> list[dict[str, str]]:
+    if system and merge_system:
+        return [{"role": "user", "content": f"{system}\n\n{prompt}"}]
+    msgs = [{"role": "system", "content": system}] if system else []
+    return msgs + [{"role": "user", "content": prompt}]
+
+
+def _render(tokenizer, messages, **kw) -> str:
+    out = tokenizer.apply_chat_template(messages, tokenize=False, **kw)
+    if not isinstance(out, str):
+        raise TypeError(f"apply_chat_template(tokenize=False) returned {type(out).__name__}, expected str")
+    return out
+
+
+def format_prompt(tokenizer, prompt: str, system: str | None = None) -> str:
+    """The text a student is given at inference: what the training prompt part rendered to."""
+    if _has_template(tokenizer):
+        try:
+            return _render(tokenizer, _messages(prompt, system), add_generation_prompt=True)
+        except Exception:  # noqa: BLE001 - templates that reject a system role (e.g. Gemma)
+            return _render(tokenizer, _messages(prompt, system, merge_system=True), add_generation_prompt=True)
+    block = f"### System:\n{system}\n\n" if system else ""
+    return FALLBACK_TEMPLATE.format(system_block=block, prompt=prompt)
+
+
+def _encode(tokenizer, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def encode_pair(tokenizer, prompt: str, completion: str, system: str | None = None) -> tuple[list[int], list[int], bool]:
+    """``(input_ids, labels, used_template)`` for one pair, before any length handling."""
+    if _has_template(tokenizer):
+        merge = False
+        try:
+            prompt_text = _render(tokenizer, _messages(prompt, system), add_generation_prompt=True)
+        except Exception:  # noqa: BLE001
+            merge = True
+            prompt_text = _render(tokenizer, _messages(prompt, system, True), add_generation_prompt=True)
+        full_text = _render(tokenizer, _messages(prompt, system, merge) + [{"role": "assistant", "content": completion}])
+        if full_text.startswith(prompt_text) and len(full_text) > len(prompt_text):
+            p_ids = _encode(tokenizer, prompt_text)
+            a_ids = _encode(tokenizer, full_text[len(prompt_text):])
+            return p_ids + a_ids, [IGNORE_INDEX] * len(p_ids) + a_ids, True
+        # A template that rewrites history (e.g. drops reasoning) breaks the prefix property:
+        # fall back to prompt + answer + EOS, which is still what generation will produce.
+        p_ids = _encode(tokenizer, prompt_text)
+    else:
+        p_ids = _encode(tokenizer, format_prompt(tokenizer, prompt, system))
+        if getattr(tokenizer, "bos_token_id", None) is not None:
+            p_ids = [tokenizer.bos_token_id] + p_ids
+    a_ids = _encode(tokenizer, completion)
+    if getattr(tokenizer, "eos_token_id", None) is not None:
+        a_ids = a_ids + [tokenizer.eos_token_id]
+    return p_ids + a_ids, [IGNORE_INDEX] * len(p_ids) + a_ids, False
+
+
+def _split_of(key: str, val_fraction: float, seed: int) -> str:
+    h = int(hashlib.sha1(f"{seed}:{key}".encode()).hexdigest()[:8], 16)
+    return "val" if (h % 10_000) < val_fraction * 10_000 else "train"
+
+
+class ChatPairsSource:
+    """Data source (``examples(split, tokenizer, max_length)``) over a prompt/completion JSONL.
+
+    The split is by ``prompt_id`` (or the prompt text), hashed with ``seed``: all samples of one
+    prompt land on the same side, so validation never scores a prompt the student trained on.
+    """
+
+    def __init__(self, path: str, prompt_field: str = "prompt", completion_field: str = "completion",
+                 val_fraction: float = 0.05, seed: int = 0, overlong: str = "drop", system_prompt: str | None = None,
+                 system_field: str | None = None, min_answer_tokens: int = 8, max_examples: int | None = None,
+                 max_chars: int | None = None):
+        if overlong not in ("drop", "truncate"):
+            raise ValueError(f"overlong must be 'drop' or 'truncate', got {overlong!r}")
+        if not 0.0 <= val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        self.path = Path(path)
+        self.prompt_field, self.completion_field = prompt_field, completion_field
+        self.val_fraction, self.seed, self.overlong = float(val_fraction), int(seed), overlong
+        self.system_prompt, self.system_field = system_prompt, system_field
+        self.min_answer_tokens = int(min_answer_tokens)
+        self.max_examples = max_examples
+        self.max_chars = max_chars  # cap on prompt+completion characters read (debug runs)
+        self._records: list[dict[str, Any]] | None = None
+        self.stats: dict[str, dict[str, int]] = {}
+
+    def records(self) -> list[dict[str, Any]]:
+        if self._records is not None:
+            return self._records
+        if not self.path.is_file():
+            raise FileNotFoundError(f"ChatPairsSource: {self.path} does not exist (run distill-teacher-data first, "
+                                    f"or point data.source.path at your prompt/completion JSONL)")
+        recs = []
+        with self.path.open(encoding="utf-8") as f:
+            for i, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    r = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{self.path}:{i}: not valid JSON ({e.msg})") from e
+                for fld in (self.prompt_field, self.completion_field):
+                    if not isinstance(r.get(fld), str):
+                        raise KeyError(f"{self.path}:{i}: field {fld!r} missing or not a string "
+                                       f"(set prompt_field/completion_field to your file's names)")
+                recs.append(r)
+        if not recs:
+            raise ValueError(f"ChatPairsSource: {self.path} holds no records")
+        if self.max_examples:
+            recs = recs[: self.max_examples]
+        if self.max_chars:
+            total, cut = 0, len(recs)
+            for i, r in enumerate(recs):
+                total += len(r[self.prompt_field]) + len(r[self.completion_field])
+                if total >= self.max_chars:
+                    cut = i + 1
+                    break
+            recs = recs[:cut]
+        self._records = recs
+        return self._records
+
+    def split_records(self, split: str) -> list[dict[str, Any]]:
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        recs = self.records()
+        keys = [str(r.get("prompt_id") or r[self.prompt_field]) for r in recs]
+        sides = [_split_of(k, self.val_fraction, self.seed) for k in keys]
+        if self.val_fraction > 0 and "val" not in sides and len(set(keys)) > 1:
+            # Tiny sets can hash entirely into train; move one prompt over so validation exists.
+            first = min(set(keys), key=lambda k: hashlib.sha1(f"{self.seed}:{k}".encode()).hexdigest())
+            sides = ["val" if k == first else s for k, s in zip(keys, sides)]
+        return [r for r, s in zip(recs, sides) if s == split]
+
+    def examples(self, split: str, tokenizer, max_length: int) -> list[dict[str, list[int]]]:
+        out = []
+        st = {"records": 0, "kept": 0, "truncated": 0, "dropped_overlong": 0, "dropped_prompt_too_long": 0,
+              "template": 0, "fallback_format": 0}
+        for r in self.split_records(split):
+            st["records"] += 1
+            system = self.system_prompt
+            if system is None and self.system_field:
+                system = r.get(self.system_field)
+            ids, labels, templated = encode_pair(tokenizer, r[self.prompt_field], r[self.completion_field], system)
+            st["template" if templated else "fallback_format"] += 1
+            if len(ids) > max_length:
+                n_prompt = sum(1 for x in labels if x == IGNORE_INDEX)
+                if self.overlong == "drop":
+                    st["dropped_overlong"] += 1
+                    continue
+                if n_prompt + self.min_answer_tokens > max_length:
+                    st["dropped_prompt_too_long"] += 1
+                    continue
+                ids, labels = ids[:max_length], labels[:max_length]
+                st["truncated"] += 1
+            out.append({"input_ids": ids, "labels": labels})
+            st["kept"] += 1
+        self.stats[split] = st
+        log.info("%s [%s]: %d pairs -> %d examples (max_length %d): %d dropped over-long, %d truncated, "
+                 "%d dropped with prompt alone too long; %d chat template, %d fallback format",
+                 self.path.name, split, st["records"], st["kept"], max_length, st["dropped_overlong"],
+                 st["truncated"], st["dropped_prompt_too_long"], st["template"], st["fallback_format"])
+        return out

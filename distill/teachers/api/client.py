@@ -1,0 +1,262 @@
+"""Async Messages API client with our own retries, rate limiting and per-call usage.
+
+Why not the SDK's built-in retries: we need to *see* every attempt (to count it, to gate it through
+the rate limiter, to stop on budget) and to treat failures the SDK does not retry, e.g. a 200
+response whose body is not JSON (``anthropic`` raises ``json.JSONDecodeError`` there, not an
+``APIError``). So the SDK runs with ``max_retries=0`` and :meth:`TeacherClient.create` owns the
+policy: exponential back-off with full jitter, at least the server's ``retry-after`` on
+429/529/5xx, a per-request timeout, and a clear :class:`RequestFailed` once attempts run out.
+
+The API key is read from ``ANTHROPIC_API_KEY`` only (never from config or the command line, so it
+can never be saved with the run) and passed to the SDK explicitly, which also stops the SDK from
+falling back to profile files on disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import logging
+import os
+import random
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from distill.teachers.api.pricing import usage_dict
+from distill.teachers.api.ratelimit import RateLimiter
+
+log = logging.getLogger(__name__)
+
+API_KEY_ENV = "ANTHROPIC_API_KEY"
+
+
+class MissingAPIKeyError(RuntimeError):
+    pass
+
+
+class MalformedResponseError(ValueError):
+    """A 2xx response we cannot use (not JSON, or not a Message): retried like a 5xx."""
+
+
+class RequestFailed(RuntimeError):
+    """One request gave up: either retries ran out or the error cannot be fixed by retrying."""
+
+    def __init__(self, message: str, *, attempts: int, status: int | None, retryable: bool):
+        super().__init__(message)
+        self.attempts = attempts
+        self.status = status
+        self.retryable = retryable
+
+
+class FatalAPIError(RuntimeError):
+    """An error that every further request would hit too (bad key, unknown model): stop the run."""
+
+
+def api_key_from_env() -> str:
+    key = os.environ.get(API_KEY_ENV, "").strip()
+    if not key:
+        raise MissingAPIKeyError(f"{API_KEY_ENV} is not set: export your Anthropic API key in the "
+                                 f"environment (it is never read from config files or the command line)")
+    return key
+
+
+@dataclass
+class RetryPolicy:
+    max_attempts: int = 6
+    base_delay_s: float = 1.0
+    max_delay_s: float = 60.0
+    max_retry_after_s: float = 600.0
+
+    def backoff(self, attempt: int, rng: random.Random) -> float:
+        """Full-jitter exponential back-off (AWS architecture blog): spreads a thundering herd."""
+        cap = min(self.max_delay_s, self.base_delay_s * (2 ** (attempt - 1)))
+        return rng.uniform(0.5 * cap, cap)
+
+
+def parse_retry_after(headers: Any) -> float | None:
+    """Seconds to wait from ``retry-after-ms`` / ``retry-after`` (seconds or an HTTP date)."""
+    if headers is None:
+        return None
+    ms = headers.get("retry-after-ms")
+    if ms:
+        try:
+            return max(0.0, float(ms) / 1000.0)
+        except ValueError:
+            pass
+    ra = headers.get("retry-after")
+    if not ra:
+        return None
+    try:
+        return max(0.0, float(ra))
+    except ValueError:
+        pass
+    try:
+        dt = email.utils.parsedate_to_datetime(ra)
+        return max(0.0, dt.timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+def classify(exc: BaseException) -> tuple[bool, bool, int | None, float | None, str]:
+    """``(retryable, fatal, status, retry_after_s, description)`` for an exception from one call."""
+    import anthropic
+
+    if isinstance(exc, (json.JSONDecodeError, MalformedResponseError, anthropic.APIResponseValidationError)):
+        return True, False, None, None, f"malformed response body ({type(exc).__name__}: {str(exc)[:120]})"
+    if isinstance(exc, anthropic.APITimeoutError):
+        return True, False, None, None, "request timed out"
+    if isinstance(exc, anthropic.APIConnectionError):
+        return True, False, None, None, f"connection error ({exc})"
+    if isinstance(exc, anthropic.APIStatusError):
+        status = exc.status_code
+        err_type = getattr(exc, "type", None) or ""
+        msg = getattr(exc, "api_message", None) or ""
+        desc = f"HTTP {status} {err_type} {msg}".strip()
+        retry_after = parse_retry_after(exc.response.headers)
+        hint = exc.response.headers.get("x-should-retry")
+        if hint == "false":
+            return False, False, status, None, desc
+        if status in (408, 409, 429) or status >= 500 or hint == "true":
+            return True, False, status, retry_after, desc
+        fatal = status in (401, 403, 404)
+        return False, fatal, status, None, desc
+    if isinstance(exc, asyncio.TimeoutError):
+        return True, False, None, None, "request timed out"
+    return False, False, None, None, f"{type(exc).__name__}: {exc}"
+
+
+def estimate_tokens(text: str) -> int:
+    """Deliberately high token estimate (~3 chars/token) so rate and budget reservations hold."""
+    return len(text) // 3 + 8
+
+
+def split_params(fn, params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split request params into SDK keyword arguments and ``extra_body`` fields.
+
+    Sampling knobs come and go between SDK releases (``anthropic`` 2.x has no ``temperature``
+    argument); anything the installed SDK does not name is sent as a raw body field instead, so a
+    config keeps working across SDK versions and the API itself decides what it accepts.
+    """
+    import inspect
+
+    names = set(inspect.signature(fn).parameters)
+    known = {k: v for k, v in params.items() if k in names}
+    extra = {k: v for k, v in params.items() if k not in names}
+    return known, extra
+
+
+def message_to_dict(msg: Any) -> dict[str, Any]:
+    """Validate an SDK ``Message`` and reduce it to what we store; raise if it is unusable."""
+    try:
+        content = msg.content
+        usage = msg.usage
+        if content is None or usage is None or getattr(usage, "input_tokens", None) is None:
+            raise MalformedResponseError("response lacks content or usage")
+        text = "".join(getattr(b, "text", "") or "" for b in content if getattr(b, "type", None) == "text")
+        stop_details = getattr(msg, "stop_details", None)
+        return {
+            "message_id": msg.id,
+            "model": msg.model,
+            "text": text,
+            "stop_reason": msg.stop_reason,
+            "stop_details": stop_details.model_dump() if stop_details is not None else None,
+            "usage": usage_dict(usage),
+        }
+    except AttributeError as e:
+        raise MalformedResponseError(f"response is not a Message: {e}") from e
+
+
+class TeacherClient:
+    """One ``AsyncAnthropic`` shared by all workers, with concurrency, rate and retry control."""
+
+    def __init__(self, *, base_url: str | None = None, timeout_s: float = 120.0, concurrency: int = 8,
+                 limiter: RateLimiter | None = None, retry: RetryPolicy | None = None, seed: int = 0,
+                 api_key: str | None = None):
+        import anthropic
+        import httpx2
+
+        self.api_key = api_key or api_key_from_env()
+        self.timeout_s = float(timeout_s)
+        self.retry = retry or RetryPolicy()
+        self.limiter = limiter or RateLimiter()
+        self.concurrency = max(1, int(concurrency))
+        self.semaphore = asyncio.Semaphore(self.concurrency)
+        self.rng = random.Random(seed)
+        self.attempts = 0
+        self.retries = 0
+        self.retry_reasons: dict[str, int] = {}
+        http_client = httpx2.AsyncClient(
+            timeout=self.timeout_s,
+            limits=httpx2.Limits(max_connections=max(1, int(concurrency)) + 2,
+                                 max_keepalive_connections=max(1, int(concurrency))))
+        self.sdk = anthropic.AsyncAnthropic(api_key=self.api_key, base_url=base_url, max_retries=0,
+                                            timeout=self.timeout_s, http_client=http_client)
+
+    async def close(self) -> None:
+        await self.sdk.close()
+
+    def _note_retry(self, desc: str) -> None:
+        self.retries += 1
+        key = desc.split(" (")[0][:40]
+        self.retry_reasons[key] = self.retry_reasons.get(key, 0) + 1
+
+    async def call_with_retries(self, fn, *, what: str, tokens: int = 0, limited: bool = True,
+                                deadline_s: float | None = -1.0):
+        """Run ``await fn()`` under the retry policy; ``what`` names the request in errors.
+
+        ``deadline_s`` bounds one attempt end to end (default: the request timeout plus slack, a
+        guard against a server that trickles bytes forever); ``None`` for long downloads such as
+        batch results, where the SDK's per-read timeout is the right guard.
+        """
+        if deadline_s is not None and deadline_s < 0:
+            deadline_s = self.timeout_s + 5.0
+        last_desc, last_status = "", None
+        for attempt in range(1, self.retry.max_attempts + 1):
+            grant = await self.limiter.acquire(tokens) if limited else None
+            self.attempts += 1
+            try:
+                return await asyncio.wait_for(fn(), timeout=deadline_s), grant, attempt
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001 - classified below, re-raised if unknown
+                retryable, fatal, status, retry_after, desc = classify(e)
+                last_desc, last_status = desc, status
+                if fatal:
+                    raise FatalAPIError(f"{what}: {desc}; every request would fail the same way, stopping. "
+                                        f"Check {API_KEY_ENV}, the model name and the base URL.") from e
+                if not retryable:
+                    raise RequestFailed(f"{what}: {desc} (not retryable)", attempts=attempt,
+                                        status=status, retryable=False) from e
+                if attempt >= self.retry.max_attempts:
+                    break
+                delay = self.retry.backoff(attempt, self.rng)
+                if retry_after is not None:
+                    ra = min(retry_after, self.retry.max_retry_after_s)
+                    delay = ra + self.rng.uniform(0, 0.1 * ra + 0.05)  # never earlier than asked
+                    if status == 429:
+                        self.limiter.pause_until(time.monotonic() + ra)
+                self._note_retry(desc)
+                log.info("%s: attempt %d/%d failed (%s); retrying in %.2fs", what, attempt,
+                         self.retry.max_attempts, desc, delay)
+                await asyncio.sleep(delay)
+        raise RequestFailed(f"{what}: gave up after {self.retry.max_attempts} attempts; last error: {last_desc}",
+                            attempts=self.retry.max_attempts, status=last_status, retryable=True)
+
+    async def create(self, params: dict[str, Any], *, what: str = "request") -> tuple[dict[str, Any], int]:
+        """One Messages call (with retries). Returns ``(message dict, attempts used)``."""
+        text = json.dumps(params.get("messages", "")) + json.dumps(params.get("system", ""))
+        tokens = estimate_tokens(text) + int(params.get("max_tokens", 0))
+
+        known, extra = split_params(self.sdk.messages.create, params)
+
+        async def once():
+            msg = await self.sdk.messages.create(**known, extra_body=extra or None, timeout=self.timeout_s)
+            return message_to_dict(msg)
+
+        async with self.semaphore:
+            result, grant, attempts = await self.call_with_retries(once, what=what, tokens=tokens)
+        if grant is not None:
+            self.limiter.settle(grant, sum(result["usage"].values()))
+        return result, attempts

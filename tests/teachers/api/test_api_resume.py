@@ -1,0 +1,157 @@
+"""Never lose or duplicate work: a real SIGKILL mid-run, torn last lines, concurrent writers."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from distill.teachers.api.store import CorruptStoreError, ResultStore, StoreLockedError, read_jsonl
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def _cli(out: Path, url: str, extra=()) -> list[str]:
+    return [sys.executable, "-m", "distill.teachers.api.cli", f"out_dir={out}", f"client.base_url={url}",
+            "teacher_data/prompts=small", "prompts.num_prompts=30", "client.concurrency=3", "progress=false",
+            "client.backoff_base_s=0.05", "sampling.max_tokens=256", *extra]
+
+
+def _env(key: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ANTHROPIC_")}
+    env["ANTHROPIC_API_KEY"] = key
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def _lines(path: Path) -> int:
+    return path.read_bytes().count(b"\n") if path.exists() else 0
+
+
+def test_sigkill_mid_run_then_rerun_gives_full_set_without_duplicates(fake_api, api_key_env, tmp_path):
+    server = fake_api(latency_s=0.15)
+    out = tmp_path / "td"
+    results = out / "results.jsonl"
+    proc = subprocess.Popen(_cli(out, server.url, ["stage=generate"]), cwd=REPO, env=_env(api_key_env),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 40
+        while _lines(results) < 8:
+            assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+            assert time.monotonic() < deadline, "generator made no progress"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)  # no cleanup of any kind runs
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL
+    done_at_kill = _lines(results)
+    assert 8 <= done_at_kill < 30, "kill did not land mid-run"
+    served_at_kill = server.statuses()[200]
+    # A kill inside write() leaves a torn last line; make sure that case is exercised too.
+    with results.open("ab") as f:
+        f.write(b'{"prompt_id": "deadbeef", "sample_idx": 0, "completion": "half a rec')
+
+    rerun = subprocess.run(_cli(out, server.url, ["stage=all"]), cwd=REPO, env=_env(api_key_env),
+                           capture_output=True, text=True, timeout=120)
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    recs = [json.loads(x) for x in results.read_text().splitlines()]
+    keys = Counter((r["prompt_id"], r["sample_idx"]) for r in recs)
+    prompts = [json.loads(x) for x in (out / "prompts.jsonl").read_text().splitlines()]
+    assert set(keys) == {(p["id"], 0) for p in prompts} and len(prompts) == 30
+    assert max(keys.values()) == 1 and len(recs) == 30
+    # Only the requests in flight at the kill were lost (answered but never written).
+    assert server.statuses()[200] - 30 <= 3 + (served_at_kill - done_at_kill)
+    assert served_at_kill - done_at_kill <= 3
+    assert len(list(out.glob("results.jsonl.corrupt-*"))) == 1
+    report = json.loads((out / "filter_report.json").read_text())
+    assert report["input_records"] == 30
+    # Hydra saved its config and log under out_dir/runs: the key is in none of them.
+    assert list(out.glob("runs/*/.hydra/config.yaml"))
+    leaked = [p for p in out.rglob("*") if p.is_file() and api_key_env.encode() in p.read_bytes()]
+    assert leaked == []
+    assert api_key_env not in rerun.stdout + rerun.stderr
+
+
+@pytest.mark.slow  # two more generator processes; the SIGKILL test above covers the default run
+def test_ctrl_c_stops_cleanly_and_rerun_completes(fake_api, api_key_env, tmp_path):
+    server = fake_api(latency_s=0.15)
+    out = tmp_path / "td"
+    results = out / "results.jsonl"
+    cmd = _cli(out, server.url, ["stage=generate", "prompts.num_prompts=20"])
+    proc = subprocess.Popen(cmd, cwd=REPO, env=_env(api_key_env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 40
+        while _lines(results) < 5:
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        log = proc.communicate(timeout=20)[0].decode()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0
+    assert "rerun the same command" in log
+    summary = json.loads((out / "generation_summary.json").read_text())
+    assert summary["stopped"] == "interrupted" and summary["remaining"] > 0
+    recs = [json.loads(x) for x in results.read_text().splitlines()]  # every line complete
+    rerun = subprocess.run(cmd, cwd=REPO, env=_env(api_key_env), capture_output=True, text=True, timeout=120)
+    assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
+    recs = [json.loads(x) for x in results.read_text().splitlines()]
+    assert len(recs) == 20 and len({(r["prompt_id"], r["sample_idx"]) for r in recs}) == 20
+
+
+def test_torn_last_line_is_cut_and_its_sample_requested_again(tmp_path):
+    path = tmp_path / "results.jsonl"
+    good = [{"prompt_id": "a", "sample_idx": 0, "completion": "x"}, {"prompt_id": "b", "sample_idx": 0}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in good) + '{"prompt_id": "c", "sample_id')
+    with ResultStore(path) as store:
+        assert store.done == {("a", 0), ("b", 0)}
+        assert store.repaired_bytes > 0
+        store.append({"prompt_id": "c", "sample_idx": 0})
+    assert [r["prompt_id"] for r in read_jsonl(path)] == ["a", "b", "c"]
+    side = list(tmp_path.glob("results.jsonl.corrupt-*"))
+    assert len(side) == 1 and side[0].read_bytes().startswith(b'{"prompt_id": "c"')
+
+
+def test_complete_record_missing_only_its_newline_is_kept(tmp_path):
+    path = tmp_path / "results.jsonl"
+    path.write_text(json.dumps({"prompt_id": "a", "sample_idx": 0}) + "\n" + json.dumps({"prompt_id": "b", "sample_idx": 1}))
+    with ResultStore(path) as store:
+        assert store.done == {("a", 0), ("b", 1)}
+        store.append({"prompt_id": "c", "sample_idx": 0})
+    assert len(list(read_jsonl(path))) == 3
+
+
+def test_corrupt_middle_line_is_an_error_naming_the_line(tmp_path):
+    path = tmp_path / "results.jsonl"
+    path.write_text('{"prompt_id": "a", "sample_idx": 0}\nGARBAGE\n{"prompt_id": "b", "sample_idx": 0}\n')
+    with pytest.raises(CorruptStoreError, match=r"results.jsonl:2"):
+        ResultStore(path).open()
+
+
+def test_duplicates_and_appends_of_done_keys_are_ignored(tmp_path):
+    path = tmp_path / "results.jsonl"
+    rec = {"prompt_id": "a", "sample_idx": 0}
+    path.write_text(json.dumps(rec) + "\n" + json.dumps(rec) + "\n")
+    with ResultStore(path) as store:
+        assert store.duplicates == 1 and len(store) == 1
+        assert store.append(rec) is False
+    assert _lines(path) == 2
+
+
+def test_second_writer_on_same_folder_is_refused(tmp_path):
+    path = tmp_path / "results.jsonl"
+    with ResultStore(path):
+        with pytest.raises(StoreLockedError, match="another process"):
+            ResultStore(path).open()
+    with ResultStore(path):  # released on close
+        pass

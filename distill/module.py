@@ -9,6 +9,7 @@ micro-batches) gets wrong whenever micro-batches hold different numbers of real 
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 
@@ -180,6 +181,10 @@ class DistillationModule(L.LightningModule):
         teacher_logits = None
         if self.teacher.kind == "full":
             teacher_logits = self.teacher_forward(batch, frozenset({TEACHER_LOGITS})).logits
+        elif self.teacher.kind == "sparse" and "teacher_topk_ids" in batch:  # cached teacher rows in the batch
+            sparse = self.teacher_forward(batch, frozenset({TEACHER_LOGITS}))
+            M.accumulate(self._val_totals, M.sparse_heldout_metrics(student.logits, sparse, targets))
+            return
         M.accumulate(self._val_totals, M.heldout_metrics(student.logits, teacher_logits, targets))
 
     def on_validation_epoch_start(self) -> None:
@@ -204,4 +209,8 @@ class DistillationModule(L.LightningModule):
         opt = self.optimizer_factory(self.trainable_parameters())
         if self.scheduler_factory is None:
             return opt
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": self.scheduler_factory(opt), "interval": "step"}}
+        factory = self.scheduler_factory
+        if getattr(factory, "keywords", {}).get("total_steps", 1) < 1:
+            # epoch-based runs (trainer.max_steps=-1): size the schedule from the epochs and data
+            factory = functools.partial(factory, total_steps=int(self.trainer.estimated_stepping_batches))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": factory(opt), "interval": "step"}}

@@ -166,3 +166,10 @@ def test_lora_adapter_export_reloads_with_peft(tiny_cfg, tmp_path):
 def test_chunked_and_fused_losses_train_end_to_end(tiny_cfg, loss):
     metrics = train(tiny_cfg(f"loss={loss}", "trainer.max_steps=2"))
     assert torch.isfinite(torch.tensor(metrics["train/kl"])) and metrics["train/kl"] > 0
+
+
+def test_epoch_based_run_sizes_the_lr_schedule(tiny_cfg):
+    cfg = tiny_cfg("trainer.max_steps=-1", "trainer.max_epochs=1", "data.source.max_chars=3000",
+                   "data.batch_size=2", "trainer.val_check_interval=null", "trainer.check_val_every_n_epoch=1")
+    metrics = train(cfg)
+    assert "val/loss" in metrics

@@ -10,7 +10,6 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-import hydra
 from omegaconf import DictConfig
 
 from distill.losses.combine import DistillationLoss
@@ -127,4 +126,3 @@ def validate(cfg: DictConfig) -> Checked:
     return build_checked(cfg)
 
 
-__all__ = ["ConfigError", "validate", "build_checked", "check_trainer", "check_vocab", "hydra"]

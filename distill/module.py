@@ -9,6 +9,7 @@ micro-batches) gets wrong whenever micro-batches hold different numbers of real 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 from collections.abc import Callable
@@ -148,7 +149,11 @@ class DistillationModule(L.LightningModule):
             loss, parts = self.loss(student, teacher, targets[start:start + mbs], step, n_step)
             if backward is not None:
                 # DDP averages gradients over ranks; undo it so the step loss is sum / global tokens.
-                backward(loss * world)
+                # Only the last micro-batch all-reduces gradients; the others accumulate locally.
+                last = start + mbs >= size
+                no_sync = getattr(self._trainer.model, "no_sync", None) if world > 1 and not last else None
+                with no_sync() if no_sync is not None else contextlib.nullcontext():
+                    backward(loss * world)
             total = total + loss.detach()
             for k, v in parts.items():
                 # component values add up over micro-batches (each is already / N_step); weights

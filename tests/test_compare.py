@@ -1,0 +1,156 @@
+"""distill-compare on hand-written sweep directories (the real multirun is in test_sweeps.py) and on a
+stand-in for the W&B API."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import yaml
+from PIL import Image
+
+from distill import compare
+
+HEADER = ["epoch", "step", "train/loss", "val/loss", "val/agreement", "val/kl"]
+
+
+def make_run(root: Path, name: str, overrides: list[str], val: list[tuple[int, float, float]],
+             objective: str = "val/loss", summary: dict | None = None, versions: int = 1) -> Path:
+    """A run dir as Hydra + CSVLogger write it: val rows ``(step, loss, agreement)``."""
+    run = root / name
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    (run / "config_resolved.yaml").write_text(yaml.safe_dump({"objective": objective}))
+    half = len(val) // 2
+    chunks = [val[:half], val[half:]] if versions == 2 else [val] if val else []
+    for v, chunk in enumerate(chunks):  # a resumed run goes on in csv/version_<n+1>
+        path = run / "csv" / f"version_{v}" / "metrics.csv"
+        path.parent.mkdir(parents=True)
+        with path.open("w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(HEADER)
+            for step, loss, agree in chunk:
+                w.writerow([0, step, 1.0, "", "", ""])
+                w.writerow([0, step, "", loss, agree, loss / 10])
+    if summary:
+        (run / "summary.json").write_text(json.dumps(summary))
+    return run
+
+
+@pytest.fixture
+def sweep(tmp_path) -> Path:
+    root = tmp_path / "sweep"
+    make_run(root, "0_loss.temperature=1,loss.weights.kl=0.5",
+             ["debug=tiny", "loss.temperature=1", "loss.weights.kl=0.5"],
+             [(9, 5.0, 0.30), (19, 4.0, 0.40)], summary={"summary/gap_closed": 0.2, "student": {"loss": 4.0}})
+    make_run(root, "1_loss.temperature=2,loss.weights.kl=0.5",
+             ["debug=tiny", "loss.temperature=2", "loss.weights.kl=0.5"],
+             [(9, 4.5, 0.35), (19, 3.5, 0.45)], versions=2)
+    make_run(root, "2_loss.temperature=1,loss.weights.kl=1.0",
+             ["debug=tiny", "loss.temperature=1", "loss.weights.kl=1.0"],
+             [(9, 4.8, 0.50), (19, 3.8, 0.60)])
+    make_run(root, "10_loss.temperature=2,loss.weights.kl=1.0", ["debug=tiny", "loss.temperature=2",
+                                                                 "+loss.weights.kl=1.0"], [])  # failed before logging
+    return root
+
+
+def _png_ok(path: Path) -> bool:
+    with Image.open(path) as img:
+        img.verify()
+    return True
+
+
+def test_table_ranks_runs_best_first_with_swept_params_and_final_metrics(sweep, tmp_path):
+    result = compare.compare(compare.load_local(sweep), tmp_path / "out")
+    assert result.params == ["loss.temperature", "loss.weights.kl"], "debug=tiny is the same everywhere"
+    assert (result.objective, result.direction) == ("val/loss", "min")
+    assert result.columns == ["rank", "run", "loss.temperature", "loss.weights.kl", "val/loss", "val/agreement",
+                              "val/kl", "summary/gap_closed"]
+    assert [r["run"] for r in result.rows] == ["1", "2", "0", "10"], "best first, the failed run last"
+    best = result.rows[0]
+    # its rows are split over csv/version_0 and version_1 (a resume): the final values are the later ones
+    assert (best["loss.temperature"], best["val/loss"], best["val/agreement"]) == ("2", 3.5, 0.45)
+    assert result.rows[2]["summary/gap_closed"] == 0.2
+    assert result.rows[3]["loss.weights.kl"] == "1.0" and result.rows[3]["val/loss"] is None
+
+    md = result.files["markdown"].read_text()
+    assert "| rank | run | loss.temperature | loss.weights.kl | val/loss |" in md
+    assert "| 1 | 1 | 2 | 0.5 | 3.5000 | 0.4500 |" in md and "| 4 | 10 | 2 | 1.0 | - |" in md
+    with result.files["csv"].open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["run"] for r in rows] == ["1", "2", "0", "10"] and rows[3]["val/loss"] == ""
+    assert _png_ok(result.files["curves"]) and _png_ok(result.files["objective"])
+
+
+def test_objective_and_direction(sweep, tmp_path):
+    runs = compare.load_local(sweep)
+    by_agreement = compare.compare(runs, tmp_path / "a", objective="val/agreement")
+    assert by_agreement.direction == "max" and by_agreement.rows[0]["run"] == "2"
+    assert compare.compare(runs, tmp_path / "b", direction="max").rows[0]["run"] == "0"
+    with pytest.raises(KeyError, match="val/bleu"):
+        compare.compare(runs, tmp_path / "c", objective="val/bleu")
+
+
+def test_cli_writes_next_to_the_sweep_and_names_bad_input(sweep, tmp_path, capsys):
+    assert compare.main([str(sweep)]) == 0
+    out = capsys.readouterr().out
+    assert "| 1 | 1 | 2 | 0.5 | 3.5000 |" in out
+    assert sorted(p.name for p in (sweep / "compare").iterdir()) == [
+        "comparison.csv", "comparison.md", "objective_vs_params.png", "val_curves.png"]
+    assert compare.main([str(sweep), "--objective", "val/nope"]) == 2
+    assert "val/nope" in capsys.readouterr().err
+    assert compare.main([str(tmp_path / "missing")]) == 2
+    assert "missing does not exist" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert compare.main([str(tmp_path / "empty")]) == 2
+    assert "no run directories" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        compare.main([])
+
+
+def test_categorical_parameter_and_single_run(tmp_path):
+    root = tmp_path / "s"
+    make_run(root, "0_loss=jsd", ["loss=jsd"], [(4, 3.0, 0.5)])
+    make_run(root, "1_loss=kd", ["loss=kd"], [(4, 2.0, 0.6)])
+    result = compare.compare(compare.load_local(root), tmp_path / "o")
+    assert result.params == ["loss"] and [r["loss"] for r in result.rows] == ["kd", "jsd"]
+    assert _png_ok(result.files["objective"])
+    single = compare.compare(compare.load_local(root / "1_loss=kd"), tmp_path / "one")
+    assert single.params == ["loss"] and len(single.rows) == 1
+
+
+class FakeApi:
+    """The slice of ``wandb.Api`` that load_wandb uses."""
+
+    def __init__(self, runs):
+        self._runs, self.calls = runs, []
+
+    def runs(self, path, filters=None):
+        self.calls.append((path, filters))
+        return self._runs
+
+
+def _wandb_run(name, overrides, losses):
+    history = [{"trainer/global_step": s, "val/loss": v, "_step": i} for i, (s, v) in enumerate(losses)]
+    return SimpleNamespace(name=name, config={"overrides": overrides, "objective": "val/loss"},
+                           summary={"val/loss": losses[-1][1], "_runtime": 3}, url=f"https://wandb.ai/x/{name}",
+                           scan_history=lambda: iter(history))
+
+
+def test_wandb_group_compares_like_local_runs(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "online")
+    api = FakeApi([_wandb_run("T=2", ["loss.temperature=2"], [(10, 3.0), (20, 2.0)]),
+                   _wandb_run("T=1", ["loss.temperature=1"], [(10, 3.5), (20, 2.5)])])
+    runs = compare.load_wandb("team/distill", "sweep-a", api=api)
+    assert api.calls == [("team/distill", {"group": "sweep-a"})]
+    result = compare.compare(runs, tmp_path / "w")
+    ranked = [(r["run"], r["loss.temperature"], r["val/loss"]) for r in result.rows]
+    assert ranked == [("T=2", "2", 2.0), ("T=1", "1", 2.5)]
+    assert _png_ok(result.files["curves"])
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    with pytest.raises(RuntimeError, match="WANDB_MODE=offline"):
+        compare.load_wandb("team/distill", "sweep-a", api=api)

@@ -29,8 +29,10 @@ def log_probs(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     The clamp keeps ``0 * log 0`` terms finite in value *and* gradient (a masked-out logit gives a
     probability of exactly 0 and a finite, very negative log-probability).
     """
-    lp = F.log_softmax(upcast(logits) / temperature, dim=-1)
-    return lp.clamp_min(torch.finfo(lp.dtype).min)
+    x = upcast(logits)
+    lp = F.log_softmax(x if temperature == 1.0 else x / temperature, dim=-1)
+    # The clamp is a vocabulary-wide pass forward and backward: pay it only when a logit is -inf.
+    return lp if torch.isfinite(x).all() else lp.clamp_min(torch.finfo(lp.dtype).min)
 
 
 def kl_from_log_probs(p_log: torch.Tensor, q_log: torch.Tensor) -> torch.Tensor:

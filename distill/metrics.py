@@ -38,6 +38,28 @@ def heldout_metrics(student_logits: torch.Tensor, teacher_logits: torch.Tensor |
     return out
 
 
+@torch.no_grad()
+def sparse_heldout_metrics(student_logits: torch.Tensor, teacher, targets: torch.Tensor) -> dict[str, float]:
+    """Sums like :func:`heldout_metrics` against a sparse (cached) teacher ``TeacherOutput``.
+
+    ``sparse_kl``: the forward KL over the cached support plus the tail bucket
+    (:func:`distill.losses.sparse.sparse_forward_kl`; for a top-k cache a lower bound of the full
+    KL, for a sampled cache a noisy estimate). ``sparse_agree`` (top-k caches only, whose first id
+    is the teacher's argmax): top-1 agreement, the same quantity as the online ``agree``.
+    """
+    from distill.losses.sparse import sparse_forward_kl
+
+    mask = targets != -100
+    out = {"tokens": float(mask.sum()),
+           "student_ce": float(LF.cross_entropy(student_logits, targets)[mask].sum())}
+    kl = sparse_forward_kl(student_logits, teacher.topk_ids, teacher.topk_logprobs, 1.0, teacher.sampled)
+    out["sparse_kl"] = float(kl[mask].sum())
+    if not teacher.sampled:
+        top1 = teacher.topk_ids.gather(-1, teacher.topk_logprobs.argmax(-1, keepdim=True)).squeeze(-1)
+        out["sparse_agree"] = float((student_logits.argmax(-1) == top1)[mask].sum())
+    return out
+
+
 def accumulate(total: dict[str, float], batch: dict[str, float]) -> dict[str, float]:
     for k, v in batch.items():
         total[k] = total.get(k, 0.0) + v
@@ -54,4 +76,8 @@ def finalize(total: dict[str, float]) -> dict[str, float]:
         out["teacher_ppl"] = math.exp(min(out["teacher_loss"], 50.0))
         out["agreement"] = total["agree"] / n
         out["kl"] = total["kl"] / n
+    if "sparse_kl" in total:  # a cached (sparse) teacher: see sparse_heldout_metrics
+        out["kl_sparse"] = total["sparse_kl"] / n
+        if "sparse_agree" in total:
+            out["agreement"] = total["sparse_agree"] / n
     return out

@@ -1,0 +1,88 @@
+"""Shared helpers of the throughput and sweep-cost benchmarks: configs, models, data, timing."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+
+def compose(config_name: str, overrides: list[str], output_dir: Path):
+    """The config the CLI would build (Hydra compose API), writing into ``output_dir``."""
+    from hydra import compose as hcompose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    from distill.train import CONF_DIR
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = hcompose(config_name=config_name, overrides=overrides, return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(output_dir)
+        cfg.paths.root_dir = str(REPO)
+        del cfg["hydra"]
+    return cfg
+
+
+def machine() -> str:
+    """One line: CPU model, cores, threads, load, library versions (the context of the timings)."""
+    model = platform.processor() or "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import lightning
+    import transformers
+
+    try:
+        import trl
+        trl_v = trl.__version__
+    except ImportError:
+        trl_v = "not installed"
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return (f"{model}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, {gpu}; load avg "
+            f"{load:.1f}; torch {torch.__version__}, lightning {lightning.__version__}, transformers "
+            f"{transformers.__version__}, trl {trl_v}")
+
+
+class StepClock:
+    """Timestamps at the end of each optimizer step; durations are the gaps between them, so data
+    loading, hooks, logging and the optimizer step all count, as they do for a user.
+
+    Two clocks: ``wall`` (``perf_counter``) and ``cpu`` (``process_time``: CPU seconds of every
+    thread of this process). On a machine shared with other jobs the wall clock measures them as
+    much as us; the CPU clock barely moves with their load.
+    """
+
+    def __init__(self):
+        self.stamps: dict[str, list[float]] = {"wall": [], "cpu": []}
+
+    def tick(self) -> None:
+        self.stamps["wall"].append(time.perf_counter())
+        self.stamps["cpu"].append(time.process_time())
+
+    def durations(self, skip: int, clock: str = "wall") -> list[float]:
+        """Step times after the first ``skip`` steps (warm-up: allocator, caches, lazy inits)."""
+        st = self.stamps[clock]
+        d = [b - a for a, b in zip(st, st[1:])]
+        return d[max(0, skip - 1):]
+
+
+def median(xs: list[float]) -> float:
+    return statistics.median(xs) if xs else float("nan")

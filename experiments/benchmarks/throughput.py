@@ -112,9 +112,11 @@ def run_minimal(setup: Setup, total: int, clock: StepClock) -> None:
         for batch in setup.loader():
             targets = F.pad(batch["labels"][:, 1:], (0, 1), value=-100)
             mask = targets != -100
-            s = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            # use_cache=False: training needs no KV cache (distill and TRL's trainer do not build one)
+            s = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
             with torch.no_grad():
-                t = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+                t = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                            use_cache=False).logits
             kl = F.kl_div(F.log_softmax(s.float(), -1), F.log_softmax(t.float(), -1), reduction="none",
                           log_target=True).sum(-1)
             loss = kl[mask].sum() / mask.sum().clamp_min(1)

@@ -61,11 +61,26 @@ def pretrain_teacher(spec: ModelSpec, datamodule, steps: int = 1000, lr: float =
         steps / lr / warmup / weight_decay: AdamW with linear warmup and cosine decay to 10%.
         batch_size: examples per step (defaults to the datamodule's).
         save_every: steps between resumable checkpoints in ``<name_or_path>.partial``.
+        seed: seeds the initialisation and data order; the caller's RNG state is left as it was.
+        threads: intra-op threads while pretraining (restored afterwards).
     """
+    # The run builds its student after this returns: fork the RNG so that the student's
+    # initialisation and data order are the same whether or not the teacher was just trained
+    # (otherwise a first run and a later run of the same command differ).
+    threads_before = torch.get_num_threads()
+    with torch.random.fork_rng(devices=[]):
+        try:
+            if threads:
+                torch.set_num_threads(threads)
+            return _pretrain(spec, datamodule, steps, lr, warmup, weight_decay, batch_size, save_every, seed)
+        finally:
+            torch.set_num_threads(threads_before)
+
+
+def _pretrain(spec: ModelSpec, datamodule, steps: int, lr: float, warmup: int, weight_decay: float,
+              batch_size: int | None, save_every: int, seed: int) -> Path:
     out = Path(spec.name_or_path)
     partial = out.with_name(out.name + ".partial")
-    if threads:
-        torch.set_num_threads(threads)
     datamodule.setup("fit")
     torch.manual_seed(seed)
     model = spec.build()

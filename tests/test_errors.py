@@ -62,6 +62,11 @@ def test_hidden_states_of_a_cached_teacher(tiny_cfg):
     fails(cfg, ValueError, r"teacher=cached stores only top-k log-probs")
 
 
+def test_full_logit_loss_with_a_cached_teacher_suggests_the_sparse_losses(tiny_cfg):
+    cfg = tiny_cfg("loss=kd", "~teacher", "+teacher._target_=tests.fixtures.teachers.SparseStub")
+    fails(cfg, ValueError, r"'kl' \(ForwardKL\) cannot use a teacher of kind 'sparse'.*loss=kd_chunked")
+
+
 def test_vocabulary_mismatch_for_logit_losses(tiny_cfg, tmp_path):
     other = train_bpe_tokenizer(["def f(x):\n    return x + 1\n" * 50, "class A:\n    pass\n" * 50], 300,
                                 tmp_path / "other-tok")

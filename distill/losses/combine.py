@@ -73,10 +73,15 @@ class DistillationLoss(nn.Module):
         """Let each component build projections and check it can run with this teacher."""
         for name, comp in self.components.items():
             if teacher_kind not in comp.teacher_kinds:
+                hint = ("Choose another teacher (teacher=...) or drop the component from the loss config.")
+                if teacher_kind == "sparse":
+                    # The usual slip: teacher=cached with the default loss=kd (full-logit ForwardKL).
+                    hint = ("A cached teacher holds top-k log-probs: use loss=kd_chunked or loss=kd_fused, or the "
+                            "sparse-capable components in distill.losses.sparse (SparseForwardKL, SparseReverseKL, "
+                            "SparseGeneralizedJSD).")
                 raise ValueError(
                     f"loss component '{name}' ({type(comp).__name__}) cannot use a teacher of kind "
-                    f"'{teacher_kind}' (it accepts {sorted(comp.teacher_kinds)}). Choose another teacher "
-                    f"(teacher=...) or drop the component from the loss config.")
+                    f"'{teacher_kind}' (it accepts {sorted(comp.teacher_kinds)}). {hint}")
             try:
                 comp.configure(student, teacher)
             except ValueError as e:

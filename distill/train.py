@@ -10,12 +10,12 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import hydra
 import lightning as L
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from distill.validate import build_checked, check_trainer
 
@@ -95,6 +95,35 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 # An absolute path: Hydra resolves relative paths as Python packages for installed entry points.
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+
+
+def compose_config(config_name: str, overrides: Sequence[str], output_dir: str | Path,
+                   root_dir: str | Path | None = None) -> DictConfig:
+    """The config ``distill-<cli> <overrides>`` would build, without starting a Hydra app.
+
+    For notebooks, scripts and tests: ``train(compose_config("train", ["loss=ce"], "out/ce"))``.
+    Hydra's runtime config is registered (``${hydra:...}`` interpolations and code reading the
+    run's choices or overrides work) and then dropped from the returned config, as in a real run.
+
+    Args:
+        config_name: a top-level file in ``conf/`` (``train``, ``eval``, ``cache_logits``, ...).
+        overrides: command-line style overrides.
+        output_dir: becomes ``paths.output_dir`` (the CLI's timestamped run directory).
+        root_dir: ``paths.root_dir``; defaults to the current directory, as on the command line.
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(config_name=config_name, overrides=list(overrides), return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(output_dir)
+        cfg.paths.root_dir = str(root_dir if root_dir is not None else Path.cwd())
+        del cfg["hydra"]
+    return cfg
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")

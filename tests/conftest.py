@@ -6,12 +6,9 @@ import os
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
-from distill.train import CONF_DIR
+from distill.train import compose_config
 
 REPO = Path(__file__).resolve().parents[1]
 MBPP = REPO.parent / "shared" / "data" / "mbpp" / "mbpp.jsonl"
@@ -30,15 +27,7 @@ def distill_cache(tmp_path_factory) -> Path:
 
 def compose_cfg(overrides: list[str], output_dir: Path, config_name: str = "train") -> DictConfig:
     """Compose ``conf/<config_name>.yaml`` as the CLI would, with ``paths.output_dir`` set."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(output_dir)
-        cfg.paths.root_dir = str(REPO)
-        del cfg["hydra"]
-    return cfg
+    return compose_config(config_name, overrides, output_dir, root_dir=REPO)
 
 
 @pytest.fixture

@@ -38,22 +38,9 @@ log = logging.getLogger("cached_vs_online")
 
 def compose(config_name: str, overrides: list[str], output_dir: Path):
     """The config the CLI would build (Hydra compose API), writing into ``output_dir``."""
-    from hydra import compose as hcompose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
+    from distill.train import compose_config
 
-    from distill.train import CONF_DIR
-
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = hcompose(config_name=config_name, overrides=overrides, return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(output_dir)
-        cfg.paths.root_dir = str(REPO)
-        del cfg["hydra"]
-    return cfg
+    return compose_config(config_name, overrides, output_dir, root_dir=REPO)
 
 
 @torch.no_grad()

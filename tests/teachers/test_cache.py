@@ -203,23 +203,10 @@ SMALL = ["debug=tiny", "data.source.max_chars=12000", "data.max_val_examples=4"]
 
 
 def compose_cfg(overrides: list[str], output_dir: Path, config_name: str = "train"):
-    """Compose ``conf/<config_name>.yaml`` as the CLI would (as ``tests/conftest.py`` does for train)."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
+    """Compose ``conf/<config_name>.yaml`` as the CLI would."""
+    from distill.train import compose_config
 
-    from distill.train import CONF_DIR
-
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(output_dir)
-        cfg.paths.root_dir = str(Path(__file__).resolve().parents[2])
-        del cfg["hydra"]
-    return cfg
+    return compose_config(config_name, overrides, output_dir, root_dir=Path(__file__).resolve().parents[2])
 
 
 def _cache(tmp_path, *overrides, name="c"):

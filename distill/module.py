@@ -162,6 +162,14 @@ class DistillationModule(L.LightningModule):
                 logs[k] = logs.get(k, 0.0) + v if summed else v
         return total, logs
 
+    def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
+        # Loggers take their x-axis from Lightning's count of stepped batches, not global_step.
+        # With one optimizer step per batch the two are equal, but after a resume Lightning
+        # re-derives the count from where the checkpoint was written, and it comes out one high
+        # for a checkpoint saved after fit() returned (train() writes last.ckpt there). Keep the
+        # logged step equal to the optimizer step so resumed curves continue without a gap.
+        self.trainer.fit_loop.epoch_loop._batches_that_stepped = self.trainer.global_step
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         opt = self.optimizers()
         step = self.trainer.global_step

@@ -37,6 +37,7 @@ def test_tiny_run_logs_components_checkpoints_resumes_and_exports(tiny_cfg, tmp_
     train(cfg)
     train_rows = [r for r in read_metrics(run) if "train/loss" in r]
     assert len(train_rows) == 6, "the resumed run must run steps 4-5 only, keeping the log of steps 0-3"
+    assert [r["step"] for r in train_rows] == [0, 1, 2, 3, 4, 5], "logged steps continue without a gap"
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 6
 
     # the exported student reloads with identical logits
@@ -173,3 +174,22 @@ def test_epoch_based_run_sizes_the_lr_schedule(tiny_cfg):
                    "data.batch_size=2", "trainer.val_check_interval=null", "trainer.check_val_every_n_epoch=1")
     metrics = train(cfg)
     assert "val/loss" in metrics
+
+
+@pytest.mark.parametrize("first, more", [
+    (["trainer.max_steps=10"], {"max_steps": 14}),                      # stopped mid-epoch, no validation
+    (["trainer.max_steps=31"], {"max_steps": 35}),                      # stopped on the epoch's last batch
+    (["trainer.max_steps=-1", "trainer.max_epochs=1"], {"max_epochs": 2}),  # stopped at the end of an epoch
+], ids=["mid-epoch", "last-batch", "epoch-end"])
+def test_resumed_runs_log_consecutive_steps(tiny_cfg, tmp_path, first, more):
+    # 3,000 characters at batch 2 make 31 batches per epoch; validation only at epoch ends.
+    run = tmp_path / "run"
+    cfg = tiny_cfg("data.source.max_chars=3000", "data.batch_size=2", "trainer.val_check_interval=null",
+                   "trainer.check_val_every_n_epoch=1", "export.enabled=false", *first, output_dir=run)
+    train(cfg)
+    with open_dict(cfg):
+        cfg.ckpt_path = "last"
+        cfg.trainer.update(more)
+    train(cfg)
+    steps = [int(r["step"]) for r in read_metrics(run) if "train/loss" in r]
+    assert steps == list(range(len(steps))) and len(steps) in (14, 35, 62)

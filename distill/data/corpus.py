@@ -19,7 +19,7 @@ import json
 import logging
 import sysconfig
 from pathlib import Path
-
+from typing import Iterator
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +100,22 @@ def cap_chars(texts: list[str], max_chars: int | None) -> list[str]:
         out.append(t)
         total += len(t)
     return out
+
+
+def jsonl_texts(path: Path, field: str, config_key: str) -> Iterator[str]:
+    """Each row's ``field`` from a JSONL file, blank lines skipped.
+
+    A row without the field is an error naming the file, the line, the fields it does have and
+    ``config_key``, the setting that chooses the field.
+    """
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            if field not in row:
+                raise KeyError(f"{config_key}: {path}:{lineno} has no field {field!r} (fields: {sorted(row)})")
+            yield str(row[field])
 
 
 class _TextSource:
@@ -190,17 +206,7 @@ class TextFiles(_TextSource):
         if p.is_dir():
             return [f.read_text(encoding="utf-8", errors="replace") for f in sorted(p.glob(self.glob)) if f.is_file()]
         if p.suffix == ".jsonl":
-            out = []
-            with p.open(encoding="utf-8") as fh:
-                for lineno, line in enumerate(fh, 1):
-                    if not line.strip():
-                        continue
-                    row = json.loads(line)
-                    if self.text_field not in row:
-                        raise KeyError(f"data.source.text_field: {p}:{lineno} has no field "
-                                       f"{self.text_field!r} (fields: {sorted(row)})")
-                    out.append(row[self.text_field])
-            return out
+            return list(jsonl_texts(p, self.text_field, "data.source.text_field"))
         return [p.read_text(encoding="utf-8", errors="replace")]
 
     def texts(self, split: str) -> list[str]:
@@ -215,16 +221,21 @@ class HFDataset(_TextSource):
     """Any Hugging Face dataset (hub id or local path) with a text column, via ``load_dataset``.
 
     Args:
-        path: dataset id or local path passed to ``datasets.load_dataset``.
+        path: dataset id or local path passed to ``datasets.load_dataset``, or a builder name
+            (``json``, ``csv``, ``parquet``, ``text``) with ``data_files``.
         name: dataset config name.
+        data_files: files for a builder (``path=json data_files=/data/train.jsonl``); a mapping
+            ``{train: ..., validation: ...}`` gives named splits.
         train_split / val_split: split names; with ``val_split=None`` a share of train is held out.
         text_field: column holding the text.
     """
 
     def __init__(self, path: str, name: str | None = None, train_split: str = "train",
                  val_split: str | None = "validation", text_field: str = "text", val_fraction: float = 0.05,
-                 max_rows: int | None = None, max_chars: int | None = None, cache_dir: str | None = None):
+                 max_rows: int | None = None, max_chars: int | None = None, cache_dir: str | None = None,
+                 data_files: str | list | dict | None = None):
         self.path, self.name, self.train_split, self.val_split = path, name, train_split, val_split
+        self.data_files = data_files
         self.text_field, self.val_fraction, self.max_rows, self.cache_dir = text_field, val_fraction, max_rows, cache_dir
         self.max_chars = max_chars
 
@@ -232,7 +243,19 @@ class HFDataset(_TextSource):
         from datasets import load_dataset
 
         hf_split = self.train_split if (split == "train" or self.val_split is None) else self.val_split
-        ds = load_dataset(self.path, self.name, split=hf_split)
+        data_files = self.data_files
+        if data_files is not None and not isinstance(data_files, (str, list, dict)):
+            # an OmegaConf ListConfig / DictConfig from the config
+            from omegaconf import OmegaConf
+
+            data_files = OmegaConf.to_container(data_files)
+        try:
+            ds = load_dataset(self.path, self.name, data_files=data_files, split=hf_split)
+        except (ConnectionError, FileNotFoundError) as e:
+            # Name the setting: datasets' own message does not say which config key to change.
+            raise type(e)(f"data.source.path={self.path!r} (data_files={data_files!r}) could not be loaded: {e}. "
+                          "Offline, point data.source.path at a local dataset folder, or use "
+                          "data.source.path=json data.source.data_files=<file.jsonl>.") from e
         if self.text_field not in ds.column_names:
             raise KeyError(f"data.source.text_field: dataset {self.path!r} has no column {self.text_field!r} "
                            f"(columns: {ds.column_names})")

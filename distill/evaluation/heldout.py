@@ -10,11 +10,12 @@ the logits at position t predict token t+1), and accumulates sums.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
+
+from distill.data.corpus import jsonl_texts
 
 log = logging.getLogger(__name__)
 
@@ -82,16 +83,9 @@ def load_texts(settings: HeldoutSettings) -> list[str]:
             if not add(f.read_text(encoding="utf-8", errors="replace")):
                 break
     elif path.suffix == ".jsonl":
-        with path.open(encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                row = json.loads(line)
-                if settings.text_field not in row:
-                    raise KeyError(f"{path}:{lineno}: no field {settings.text_field!r} "
-                                   f"(set heldout.text_field)")
-                if not add(str(row[settings.text_field])):
-                    break
+        for text in jsonl_texts(path, settings.text_field, "heldout.text_field"):
+            if not add(text):
+                break
     else:
         add(path.read_text(encoding="utf-8", errors="replace"))
     if not texts:

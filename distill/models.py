@@ -150,5 +150,26 @@ class ModelSpec:
         return f"ModelSpec({self.role}: {self.name_or_path or self.config_kwargs.get('model_type')})"
 
 
+def output_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.Tensor]:
+    """The transformer body (returns final hidden states) and the ``lm_head`` weight of a causal LM."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base.get_decoder(), base.get_output_embeddings().weight
+
+
+# Config keys of architectures whose logits are not just ``h @ W^T`` (Gemma 2/3 soft-capping,
+# Cohere / Granite scaling): fused losses, which apply the head themselves, would get them wrong.
+_HEAD_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
+
+
+def head_is_plain_linear(model: torch.nn.Module) -> bool:
+    """True when the model's logits are exactly ``last_hidden @ lm_head.weight^T``."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    head = base.get_output_embeddings()
+    if not isinstance(head, torch.nn.Linear) or head.bias is not None:
+        return False
+    config = base.config.get_text_config() if hasattr(base.config, "get_text_config") else base.config
+    return all(getattr(config, key, None) in (None, 1, 1.0) for key in _HEAD_TRANSFORMS)
+
+
 def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())

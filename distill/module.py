@@ -19,26 +19,18 @@ import torch
 
 from distill import metrics as M
 from distill.losses.combine import DistillationLoss
-from distill.losses.components import (STUDENT_ATTN, STUDENT_HIDDEN, STUDENT_LOGITS, TEACHER_ATTN,
-                                       TEACHER_HIDDEN, TEACHER_LOGITS)
-from distill.models import ModelSpec
+from distill.losses.components import (STUDENT_ATTN, STUDENT_HIDDEN, STUDENT_LAST_HIDDEN, STUDENT_LOGITS,
+                                       TEACHER_ATTN, TEACHER_LOGITS)
+from distill.models import ModelSpec, head_is_plain_linear, output_head
 from distill.teachers.base import NoTeacher, Teacher
 from distill.teachers.outputs import StudentOutput, TeacherOutput
 
 log = logging.getLogger(__name__)
 
-TEACHER_NEEDS = frozenset({TEACHER_LOGITS, TEACHER_HIDDEN, TEACHER_ATTN})
-
 
 def next_token_targets(labels: torch.Tensor) -> torch.Tensor:
     """``(B, L)`` labels -> ``(B, L)`` targets: position ``t`` predicts ``labels[t + 1]``; the last is -100."""
     return torch.nn.functional.pad(labels[:, 1:], (0, 1), value=-100)
-
-
-def output_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.Tensor]:
-    """The transformer body (returns final hidden states) and the ``lm_head`` weight of a causal LM."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return base.get_decoder(), base.get_output_embeddings().weight
 
 
 class DistillationModule(L.LightningModule):
@@ -70,11 +62,17 @@ class DistillationModule(L.LightningModule):
         attn_impl = "eager" if wants_attn else None
         self.student = student.build(attn_impl)
         self.student_spec = student
+        if STUDENT_LAST_HIDDEN in needs and self._fused_student(needs) and not head_is_plain_linear(self.student):
+            raise ValueError("the loss applies the student's output head itself (a fused component: "
+                             f"{sorted(n for n, c in loss.components.items() if STUDENT_LAST_HIDDEN in c.needs)}), "
+                             "but this student's logits are not a plain linear map of its last hidden state "
+                             "(soft-capping, scaling or a bias). Use loss=kd_chunked instead of loss=kd_fused.")
         teacher.load(attn_impl)
         loss.configure(student.info(), teacher.info(), teacher.kind)
         self.loss = loss
         # A plain list hides the teacher from nn.Module registration: never trained, never saved.
         self._teacher = [teacher]
+        self._teacher_needs = loss.teacher_needs
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         if micro_batch_size is not None and micro_batch_size < 1:
             raise ValueError(f"module.micro_batch_size must be >= 1 or null, got {micro_batch_size}")
@@ -92,10 +90,14 @@ class DistillationModule(L.LightningModule):
             return logits
         return logits[..., : self.vocab_size]
 
+    @staticmethod
+    def _fused_student(needs: frozenset[str]) -> bool:
+        return STUDENT_LOGITS not in needs and STUDENT_ATTN not in needs
+
     def student_forward(self, batch: dict, needs: frozenset[str]) -> StudentOutput:
         """Run the student, computing only what the loss needs (hidden states, attentions, logits)."""
         hidden, attn = STUDENT_HIDDEN in needs, STUDENT_ATTN in needs
-        if STUDENT_LOGITS not in needs and not attn:
+        if self._fused_student(needs):
             # Fused losses: stop at the final hidden states; the loss applies lm_head chunk by chunk.
             body, head = output_head(self.student)
             out = body(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
@@ -145,7 +147,8 @@ class DistillationModule(L.LightningModule):
         for start in range(0, size, mbs):
             micro = {k: v[start:start + mbs] for k, v in batch.items()}
             student = self.student_forward(micro, needs)
-            teacher = self.teacher_forward(micro, needs) if needs & TEACHER_NEEDS else TeacherOutput.none()
+            teacher = (self.teacher_forward(micro, self._teacher_needs) if self._teacher_needs
+                       else TeacherOutput.none())
             loss, parts = self.loss(student, teacher, targets[start:start + mbs], step, n_step)
             if backward is not None:
                 # DDP averages gradients over ranks; undo it so the step loss is sum / global tokens.

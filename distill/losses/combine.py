@@ -18,11 +18,15 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from distill.losses.components import LossComponent, LossInputs, ModelInfo
+from distill.losses.components import (TEACHER_ATTN, TEACHER_HIDDEN, TEACHER_LAST_HIDDEN, TEACHER_LOGITS,
+                                       LossComponent, LossInputs, ModelInfo)
 from distill.losses.schedules import Schedule, as_schedule
 from distill.teachers.outputs import StudentOutput, TeacherOutput
 
 log = logging.getLogger(__name__)
+
+#: The needs a teacher answers (the rest are the student's).
+TEACHER_REQUESTS = frozenset({TEACHER_LOGITS, TEACHER_LAST_HIDDEN, TEACHER_HIDDEN, TEACHER_ATTN})
 
 
 class DistillationLoss(nn.Module):
@@ -64,6 +68,21 @@ class DistillationLoss(nn.Module):
     def needs(self) -> frozenset[str]:
         """Union of what the components read (drives which outputs the models compute)."""
         return frozenset().union(*(c.needs for c in self.components.values()))
+
+    @property
+    def teacher_needs(self) -> frozenset[str]:
+        """What to ask the teacher for each step.
+
+        Like :attr:`needs` restricted to the teacher, except for full logits: when every component
+        that reads teacher logits also accepts the teacher's final hidden states and head (the fused
+        components), ask for those instead, so an online teacher never materialises its
+        ``(B, L, V)`` logits. Otherwise ask for logits only.
+        """
+        needs = self.needs & TEACHER_REQUESTS
+        readers = [c for c in self.components.values() if TEACHER_LOGITS in c.needs]
+        if readers and all(TEACHER_LAST_HIDDEN in c.needs for c in readers):
+            return needs - {TEACHER_LOGITS}
+        return needs - {TEACHER_LAST_HIDDEN}
 
     @property
     def uses_temperature(self) -> bool:

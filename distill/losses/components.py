@@ -29,8 +29,13 @@ STUDENT_HIDDEN = "student_hidden_states"
 TEACHER_HIDDEN = "teacher_hidden_states"
 STUDENT_ATTN = "student_attentions"
 TEACHER_ATTN = "teacher_attentions"
+# Fused losses (distill.losses.fused) take a model's final hidden states and lm_head weight instead
+# of its full-vocabulary logits. A component listing TEACHER_LAST_HIDDEN next to TEACHER_LOGITS
+# accepts either; when every logit-using component does, the teacher is run without its head.
+STUDENT_LAST_HIDDEN = "student_last_hidden"
+TEACHER_LAST_HIDDEN = "teacher_last_hidden"
 ALL_NEEDS = frozenset({STUDENT_LOGITS, TEACHER_LOGITS, STUDENT_HIDDEN, TEACHER_HIDDEN, STUDENT_ATTN,
-                       TEACHER_ATTN})
+                       TEACHER_ATTN, STUDENT_LAST_HIDDEN, TEACHER_LAST_HIDDEN})
 
 
 @dataclass

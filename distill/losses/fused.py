@@ -40,14 +40,14 @@ import warnings
 import torch
 
 from distill.losses import chunked as CH
-from distill.losses.components import TEACHER_LOGITS, CrossEntropy, ForwardKL, GeneralizedJSD, LossInputs, ReverseKL
+from distill.losses.components import (STUDENT_LAST_HIDDEN, TEACHER_LAST_HIDDEN, TEACHER_LOGITS, CrossEntropy,
+                                       ForwardKL, GeneralizedJSD, LossInputs, ReverseKL)
 from distill.teachers.outputs import StudentOutput, TeacherOutput
 
-#: Read by the training module: the loss wants ``StudentOutput.last_hidden`` + ``lm_head_weight``
-#: (a fused component leaves ``student_logits`` out of its needs, which already has that effect).
-STUDENT_LAST_HIDDEN = "student_last_hidden"
-#: Asks an online teacher for ``last_hidden`` + ``lm_head_weight`` instead of full logits.
-TEACHER_LAST_HIDDEN = "teacher_last_hidden"
+# STUDENT_LAST_HIDDEN: the module returns ``StudentOutput.last_hidden`` + ``lm_head_weight`` (a
+# fused component leaves ``student_logits`` out of its needs, which already has that effect).
+# TEACHER_LAST_HIDDEN: an online teacher returns ``last_hidden`` + ``lm_head_weight`` instead of
+# full logits when no other component needs its logits (DistillationLoss.teacher_needs).
 
 BACKENDS = ("auto", "torch", "liger")
 

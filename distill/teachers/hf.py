@@ -7,8 +7,8 @@ from pathlib import Path
 
 import torch
 
-from distill.losses.components import TEACHER_ATTN, TEACHER_HIDDEN, ModelInfo
-from distill.models import ModelSpec
+from distill.losses.components import TEACHER_ATTN, TEACHER_HIDDEN, TEACHER_LAST_HIDDEN, TEACHER_LOGITS, ModelInfo
+from distill.models import ModelSpec, head_is_plain_linear, output_head
 from distill.teachers.base import Teacher
 from distill.teachers.outputs import TeacherOutput
 
@@ -35,6 +35,7 @@ class HFTeacher(Teacher):
         if self.spec.lora is not None:
             raise ValueError("teacher.model.lora: a frozen teacher takes no LoRA adapter; remove it")
         self.model: torch.nn.Module | None = None
+        self._plain_head = False
 
     def info(self) -> ModelInfo:
         return self.spec.info()
@@ -58,6 +59,8 @@ class HFTeacher(Teacher):
             model.eval()
             model.requires_grad_(False)
             self.model = model
+            # Soft-capped or scaled heads (e.g. Gemma 2) cannot be handed to a fused loss as a matrix.
+            self._plain_head = head_is_plain_linear(model)
 
     def to(self, device: torch.device) -> "HFTeacher":
         if self.model is not None and self.spec.quantization is None:
@@ -66,8 +69,19 @@ class HFTeacher(Teacher):
 
     @torch.no_grad()
     def __call__(self, batch: dict, needs: frozenset[str]) -> TeacherOutput:
+        hidden, attn = TEACHER_HIDDEN in needs, TEACHER_ATTN in needs
+        if TEACHER_LOGITS not in needs and not attn and (TEACHER_LAST_HIDDEN not in needs or self._plain_head):
+            # No component reads the logits (fused losses form them chunk by chunk from the final
+            # hidden states and the head; hidden-state matching never needs them): skip the head,
+            # so the (B, L, V) teacher logits are never held whole.
+            body, head = output_head(self.model)
+            out = body(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                       output_hidden_states=hidden, use_cache=False)
+            fused = TEACHER_LAST_HIDDEN in needs
+            return TeacherOutput(last_hidden=out.last_hidden_state if fused else None,
+                                 lm_head_weight=head if fused else None,
+                                 hidden_states=out.hidden_states if hidden else None)
         out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                         output_hidden_states=TEACHER_HIDDEN in needs, output_attentions=TEACHER_ATTN in needs,
-                         use_cache=False)
-        return TeacherOutput(logits=out.logits, hidden_states=out.hidden_states if TEACHER_HIDDEN in needs else None,
-                             attentions=out.attentions if TEACHER_ATTN in needs else None)
+                         output_hidden_states=hidden, output_attentions=attn, use_cache=False)
+        return TeacherOutput(logits=out.logits, hidden_states=out.hidden_states if hidden else None,
+                             attentions=out.attentions if attn else None)

@@ -131,10 +131,12 @@ class DistillationModule(L.LightningModule):
             return self.trainer.strategy.reduce(n_local.float(), reduce_op="sum")
         return n_local
 
-    def step_loss(self, batch: dict, step: int, backward: Callable | None = None) -> tuple[torch.Tensor, dict]:
+    def step_loss(self, batch: dict, step: int, backward: Callable | None = None,
+                  measure_unweighted: bool = True) -> tuple[torch.Tensor, dict]:
         """Loss of one optimizer-step batch, split into micro-batches; optionally backprops each.
 
-        Returns the step loss (sum over micro-batches) and the summed component logs.
+        Returns the step loss (sum over micro-batches) and the summed component logs. With
+        ``measure_unweighted=False`` components at weight 0 are skipped (and absent from the logs).
         """
         targets = next_token_targets(batch["labels"])
         n_step = self._global_tokens((targets != -100).sum())
@@ -149,7 +151,7 @@ class DistillationModule(L.LightningModule):
             student = self.student_forward(micro, needs)
             teacher = (self.teacher_forward(micro, self._teacher_needs) if self._teacher_needs
                        else TeacherOutput.none())
-            loss, parts = self.loss(student, teacher, targets[start:start + mbs], step, n_step)
+            loss, parts = self.loss(student, teacher, targets[start:start + mbs], step, n_step, measure_unweighted)
             if backward is not None:
                 # DDP averages gradients over ranks; undo it so the step loss is sum / global tokens.
                 # Only the last micro-batch all-reduces gradients; the others accumulate locally.
@@ -176,7 +178,10 @@ class DistillationModule(L.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         opt = self.optimizers()
         step = self.trainer.global_step
-        loss, logs = self.step_loss(batch, step, backward=self.manual_backward)
+        # Weight-0 terms are measured for their log line only: skip them on steps the loggers
+        # do not write (Lightning records every trainer.log_every_n_steps).
+        recorded = self.trainer._logger_connector.should_update_logs
+        loss, logs = self.step_loss(batch, step, backward=self.manual_backward, measure_unweighted=recorded)
         if self.grad_clip:
             self.clip_gradients(opt, gradient_clip_val=self.grad_clip, gradient_clip_algorithm="norm")
         opt.step()

@@ -193,3 +193,18 @@ def test_resumed_runs_log_consecutive_steps(tiny_cfg, tmp_path, first, more):
     train(cfg)
     steps = [int(r["step"]) for r in read_metrics(run) if "train/loss" in r]
     assert steps == list(range(len(steps))) and len(steps) in (14, 35, 62)
+
+
+def test_weight_zero_terms_are_computed_only_on_recorded_steps(tiny_cfg, tmp_path, monkeypatch):
+    # loss=kd logs CE at weight 0; with log_every_n_steps=2 only steps 2 and 4 of 4 are written.
+    from distill.losses.components import CrossEntropy
+
+    calls = []
+    forward = CrossEntropy.forward
+    monkeypatch.setattr(CrossEntropy, "forward", lambda self, inputs: calls.append(1) or forward(self, inputs))
+    run = tmp_path / "run"
+    train(tiny_cfg("loss=kd", "trainer.log_every_n_steps=2", "export.enabled=false", output_dir=run))
+    rows = [r for r in read_metrics(run) if "train/loss" in r]
+    assert [int(r["step"]) for r in rows] == [1, 3]
+    assert all("train/ce" in r and r["train/ce"] > 0 and r["train/w_ce"] == 0.0 for r in rows)
+    assert len(calls) == 2

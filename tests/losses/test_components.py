@@ -111,6 +111,18 @@ def test_schedules_drive_weights_and_temperature():
     assert torch.allclose(total0, 0.5 * logs0["ce"])
 
 
+def test_weight_zero_terms_can_be_skipped_without_changing_the_loss():
+    student, teacher, targets = outputs()
+    loss = DistillationLoss({"kl": ForwardKL(), "ce": CrossEntropy()}, {"kl": 1.0, "ce": Linear(0.0, 1.0, 10)})
+    measured, logs = loss(student, teacher, targets, step=0)
+    skipped, quiet = loss(student, teacher, targets, step=0, measure_unweighted=False)
+    assert torch.equal(measured, skipped)
+    assert "ce" in logs and logs["ce"] > 0
+    assert "ce" not in quiet and quiet["w_ce"] == 0.0 and quiet["kl"] == logs["kl"]
+    _, later = loss(student, teacher, targets, step=5, measure_unweighted=False)
+    assert "ce" in later  # once its schedule gives it weight, the term is always computed
+
+
 def test_hidden_state_match_layer_maps_and_cosine():
     assert resolve_layer_map("uniform", 2, 4, "x") == [(1, 2), (2, 4)]
     assert resolve_layer_map("last", 2, 4, "x") == [(2, 4)]

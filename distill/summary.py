@@ -54,13 +54,65 @@ def run_baseline(cfg: DictConfig) -> dict[str, float]:
         base.summary.enabled = False
         base.export.enabled = False
         base.ckpt_path = None
-        base.logger = {}
+        # CSV only (never the run's W&B project): its curve is drawn in the run's summary.png.
+        base.logger = {"csv": {"_target_": "lightning.pytorch.loggers.CSVLogger", "save_dir": str(out_dir),
+                               "name": "csv"}}
         base.callbacks = {}
         base.trainer.enable_checkpointing = False
     metrics = train(base)
     out_dir.mkdir(parents=True, exist_ok=True)
     result.write_text(json.dumps(metrics, indent=2))
     return metrics
+
+
+def plot_summary(run_dir: Path, baseline_dir: Path | None, teacher_loss: float | None, path: Path) -> Path | None:
+    """``summary.png``: held-out CE against steps (distilled, CE-only baseline, teacher level), the
+    training loss terms, and their weights and the temperature.
+
+    A baseline trained before its curve was kept appears as its final value only.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)  # files only, no display
+    import matplotlib.pyplot as plt
+
+    from distill.runs import read_metrics
+
+    rows = read_metrics(run_dir)
+    val = [(r["step"], r["val/loss"]) for r in rows if "val/loss" in r]
+    if not val:
+        return None
+    fig, (ax_val, ax_train, ax_sched) = plt.subplots(1, 3, figsize=(15, 4))
+    ax_val.plot(*zip(*val), marker="o", label="student, distilled")
+    if baseline_dir is not None:
+        base = [(r["step"], r["val/loss"]) for r in read_metrics(baseline_dir) if "val/loss" in r]
+        if base:
+            ax_val.plot(*zip(*base), marker="s", label="student, CE only")
+        elif (baseline_dir / "metrics.json").exists():
+            final = json.loads((baseline_dir / "metrics.json").read_text()).get("val/loss")
+            if final is not None:
+                ax_val.plot([val[-1][0]], [final], marker="s", linestyle="none", label="student, CE only (final)")
+    if teacher_loss is not None:
+        ax_val.axhline(teacher_loss, color="black", linestyle="--", label="teacher")
+    ax_val.set(xlabel="optimizer step", ylabel="held-out CE (nats/token)", title="held-out loss")
+    ax_val.legend()
+    terms = sorted({k[6:] for r in rows for k in r if k.startswith("train/")} - {"loss", "lr"})
+    for term in terms:
+        points = [(r["step"], r[f"train/{term}"]) for r in rows if f"train/{term}" in r]
+        schedule = term.startswith("w_") or term == "temperature"
+        (ax_sched if schedule else ax_train).plot(*zip(*points), label=term,
+                                                  linestyle="--" if term == "temperature" else "-")
+    ax_train.set(xlabel="optimizer step", ylabel="per-token value (before weighting)", title="training loss terms")
+    if all(y > 0 for line in ax_train.lines for y in line.get_ydata()):
+        ax_train.set_yscale("log")  # terms differ by orders of magnitude
+    ax_sched.set(xlabel="optimizer step", title="schedules: weights and temperature")
+    for ax in (ax_train, ax_sched):
+        if ax.lines:
+            ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 def gap_closed(student: float, baseline: float, teacher: float) -> float | None:
@@ -117,4 +169,11 @@ def summarize(cfg: DictConfig, metrics: dict[str, float]) -> dict[str, float]:
     (out_dir / "summary.json").write_text(json.dumps(
         {"teacher": teacher, "baseline": baseline, "student": student, **out}, indent=2))
     (out_dir / "summary.txt").write_text(text + "\n")
+    baseline_dir = Path(cfg.paths.cache_dir) / "baselines" / baseline_key(cfg) if baseline is not None else None
+    try:
+        plot = plot_summary(out_dir, baseline_dir, teacher["loss"] if teacher else None, out_dir / "summary.png")
+        if plot is not None:
+            log.info("curves: %s", plot)
+    except Exception as e:  # a plot must never cost the run its results
+        log.warning("summary.png not written: %s", e)
     return out

@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from distill.summary import gap_closed
+from distill.runs import read_metrics
+from distill.summary import gap_closed, plot_summary
 from distill.train import train
 
 
@@ -24,9 +25,23 @@ def test_summary_trains_the_baseline_once_and_reports(tiny_cfg, tmp_path, capsys
     assert summary["teacher"]["loss"] == pytest.approx(metrics["val/teacher_loss"])
     baselines = list((distill_cache / "baselines").glob("*/metrics.json"))
     assert len(baselines) == 1
+    # the baseline keeps its curve, and the run draws both curves and the teacher level
+    assert [r for r in read_metrics(baselines[0].parent) if "val/loss" in r]
+    assert (tmp_path / "a" / "summary.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the random tiny teacher is worse than anything trained: the run says so
     assert "WARNING" in out
 
     # a second run with another loss reuses the cached baseline (no new baseline dir)
     train(tiny_cfg("summary.enabled=true", "loss=jsd", output_dir=tmp_path / "b"))
     assert list((distill_cache / "baselines").glob("*/metrics.json")) == baselines
+
+
+def test_summary_plot_with_a_baseline_that_kept_only_its_final_value(tiny_cfg, tmp_path):
+    run = tmp_path / "run"
+    train(tiny_cfg("loss=progressive", output_dir=run))
+    old_baseline = tmp_path / "old"
+    old_baseline.mkdir()
+    (old_baseline / "metrics.json").write_text(json.dumps({"val/loss": 7.0}))
+    path = plot_summary(run, old_baseline, teacher_loss=6.5, path=tmp_path / "s.png")
+    assert path.stat().st_size > 10_000
+    assert plot_summary(tmp_path / "empty", None, None, tmp_path / "none.png") is None  # nothing logged

@@ -150,9 +150,14 @@ class ModelSpec:
         return f"ModelSpec({self.role}: {self.name_or_path or self.config_kwargs.get('model_type')})"
 
 
+def _unwrapped(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformers model inside a peft wrapper (or the model itself)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def output_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.Tensor]:
     """The transformer body (returns final hidden states) and the ``lm_head`` weight of a causal LM."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = _unwrapped(model)
     return base.get_decoder(), base.get_output_embeddings().weight
 
 
@@ -163,7 +168,7 @@ _HEAD_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", 
 
 def head_is_plain_linear(model: torch.nn.Module) -> bool:
     """True when the model's logits are exactly ``last_hidden @ lm_head.weight^T``."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = _unwrapped(model)
     head = base.get_output_embeddings()
     if not isinstance(head, torch.nn.Linear) or head.bias is not None:
         return False

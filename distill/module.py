@@ -62,9 +62,9 @@ class DistillationModule(L.LightningModule):
         attn_impl = "eager" if wants_attn else None
         self.student = student.build(attn_impl)
         self.student_spec = student
-        if STUDENT_LAST_HIDDEN in needs and self._fused_student(needs) and not head_is_plain_linear(self.student):
-            raise ValueError("the loss applies the student's output head itself (a fused component: "
-                             f"{sorted(n for n, c in loss.components.items() if STUDENT_LAST_HIDDEN in c.needs)}), "
+        fused = sorted(n for n, c in loss.components.items() if STUDENT_LAST_HIDDEN in c.needs)
+        if fused and self._fused_student(needs) and not head_is_plain_linear(self.student):
+            raise ValueError(f"the loss applies the student's output head itself (fused components {fused}), "
                              "but this student's logits are not a plain linear map of its last hidden state "
                              "(soft-capping, scaling or a bias). Use loss=kd_chunked instead of loss=kd_fused.")
         teacher.load(attn_impl)

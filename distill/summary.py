@@ -36,11 +36,16 @@ def baseline_key(cfg: DictConfig) -> str:
     return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
+def baseline_dir(cfg: DictConfig) -> Path:
+    """Where the CE-only student of ``cfg`` is trained and cached (``metrics.json``, ``csv/``)."""
+    return Path(cfg.paths.cache_dir) / "baselines" / baseline_key(cfg)
+
+
 def run_baseline(cfg: DictConfig) -> dict[str, float]:
     """Train (or reuse) the CE-only student of ``cfg``; return its final metrics."""
     from distill.train import train
 
-    out_dir = Path(cfg.paths.cache_dir) / "baselines" / baseline_key(cfg)
+    out_dir = baseline_dir(cfg)
     result = out_dir / "metrics.json"
     if result.exists():
         log.info("CE-only baseline: reusing %s", result)
@@ -169,9 +174,9 @@ def summarize(cfg: DictConfig, metrics: dict[str, float]) -> dict[str, float]:
     (out_dir / "summary.json").write_text(json.dumps(
         {"teacher": teacher, "baseline": baseline, "student": student, **out}, indent=2))
     (out_dir / "summary.txt").write_text(text + "\n")
-    baseline_dir = Path(cfg.paths.cache_dir) / "baselines" / baseline_key(cfg) if baseline is not None else None
     try:
-        plot = plot_summary(out_dir, baseline_dir, teacher["loss"] if teacher else None, out_dir / "summary.png")
+        plot = plot_summary(out_dir, baseline_dir(cfg) if baseline is not None else None,
+                            teacher["loss"] if teacher else None, out_dir / "summary.png")
         if plot is not None:
             log.info("curves: %s", plot)
     except Exception as e:  # a plot must never cost the run its results

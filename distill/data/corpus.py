@@ -235,6 +235,10 @@ class HFDataset(_TextSource):
                  max_rows: int | None = None, max_chars: int | None = None, cache_dir: str | None = None,
                  data_files: str | list | dict | None = None):
         self.path, self.name, self.train_split, self.val_split = path, name, train_split, val_split
+        if data_files is not None and not isinstance(data_files, (str, list, dict)):
+            from omegaconf import OmegaConf  # a ListConfig / DictConfig from the config
+
+            data_files = OmegaConf.to_container(data_files)
         self.data_files = data_files
         self.text_field, self.val_fraction, self.max_rows, self.cache_dir = text_field, val_fraction, max_rows, cache_dir
         self.max_chars = max_chars
@@ -244,11 +248,6 @@ class HFDataset(_TextSource):
 
         hf_split = self.train_split if (split == "train" or self.val_split is None) else self.val_split
         data_files = self.data_files
-        if data_files is not None and not isinstance(data_files, (str, list, dict)):
-            # an OmegaConf ListConfig / DictConfig from the config
-            from omegaconf import OmegaConf
-
-            data_files = OmegaConf.to_container(data_files)
         try:
             ds = load_dataset(self.path, self.name, data_files=data_files, split=hf_split)
         except (ConnectionError, FileNotFoundError) as e:

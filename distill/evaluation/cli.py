@@ -18,8 +18,9 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from distill.evaluation.benchmarks import load_benchmark
-from distill.evaluation.generation import (GenerationSettings, HFSource, ModelSpec,
-                                           build_source)
+from distill.evaluation.model_config import EvalModelConfig
+from distill.evaluation.settings import GenerationSettings
+from distill.evaluation.sources import HFSource, build_source
 from distill.evaluation.heldout import (HeldoutSettings, evaluate_heldout, load_texts,
                                         same_vocabulary)
 from distill.evaluation.report import write_report
@@ -55,7 +56,7 @@ def safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "model"
 
 
-def model_specs(cfg: DictConfig) -> list[ModelSpec]:
+def model_specs(cfg: DictConfig) -> list[EvalModelConfig]:
     """``models`` (a comparison) if set, else the single ``model``."""
     models = _container(cfg.get("models")) or {}
     if models:
@@ -65,13 +66,13 @@ def model_specs(cfg: DictConfig) -> list[ModelSpec]:
                 continue  # `models.x=null` removes a preset entry
             node = dict(node)
             node["name"] = node.get("name") or key
-            specs.append(ModelSpec.from_mapping(node, key, f"models.{key}"))
+            specs.append(EvalModelConfig.from_mapping(node, key, f"models.{key}"))
         if not specs:
             raise ValueError("models: every entry is null")
     else:
         node = dict(_container(cfg.get("model")) or {})
         node["name"] = node.get("name") or _default_name(node)
-        specs = [ModelSpec.from_mapping(node, node["name"], "model")]
+        specs = [EvalModelConfig.from_mapping(node, node["name"], "model")]
     names = [safe_name(s.name) for s in specs]
     if len(set(names)) != len(names):
         raise ValueError(f"models: names must be unique as folder names, got {names}")
@@ -80,7 +81,7 @@ def model_specs(cfg: DictConfig) -> list[ModelSpec]:
     return specs
 
 
-def _heldout_for(spec: ModelSpec, source, teacher: HFSource | None, texts: list[str],
+def _heldout_for(spec: EvalModelConfig, source, teacher: HFSource | None, texts: list[str],
                  settings: HeldoutSettings, work: Path) -> dict[str, Any] | None:
     if not isinstance(source, HFSource):
         return None

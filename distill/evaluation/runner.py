@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from distill.evaluation.benchmarks import Benchmark
-from distill.evaluation.generation import CompletionSource, GenerationSettings, ModelSpec
+from distill.evaluation.model_config import EvalModelConfig
+from distill.evaluation.settings import CompletionSource, GenerationSettings
 from distill.evaluation.passk import per_task_pass_at_k, summarize_pass_at_k
 from distill.evaluation.postprocess import make_completion
 from distill.evaluation.sandbox import ExecResult, Sandbox
@@ -53,7 +54,7 @@ def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def run_settings(spec: ModelSpec, benchmark: Benchmark, settings: GenerationSettings,
+def run_settings(spec: EvalModelConfig, benchmark: Benchmark, settings: GenerationSettings,
                  sandbox_cfg: Any) -> dict[str, Any]:
     """Everything that changes what lands in the result files (and nothing that does not:
     batch size, worker count and the task subset may change between resumed runs)."""
@@ -137,7 +138,7 @@ def _repair_tail(path: Path) -> None:
         path.write_bytes(keep)
 
 
-def evaluate_model(source: CompletionSource, spec: ModelSpec, benchmark: Benchmark,
+def evaluate_model(source: CompletionSource, spec: EvalModelConfig, benchmark: Benchmark,
                    settings: GenerationSettings, sandbox: Sandbox, out_dir: str | Path,
                    ks: Sequence[int] = (1,), overwrite: bool = False, chunk_tasks: int | None = None
                    ) -> dict[str, Any]:
@@ -233,7 +234,7 @@ def evaluate_model(source: CompletionSource, spec: ModelSpec, benchmark: Benchma
     return summary
 
 
-def summarize(run: ModelRun, spec: ModelSpec, benchmark: Benchmark,
+def summarize(run: ModelRun, spec: EvalModelConfig, benchmark: Benchmark,
               settings: GenerationSettings, results: list[dict],
               generated: Mapping[str, Mapping[int, dict]], ks: Sequence[int], sandbox: Sandbox,
               style: str) -> dict[str, Any]:

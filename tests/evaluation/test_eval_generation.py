@@ -8,16 +8,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from distill.evaluation.generation import (AnswersSource, ApiSource, GenerationSettings,
-                                           HFSource, ModelSpec, _stop_criteria, build_source,
-                                           load_hf_model, resolve_checkpoint)
+from distill.evaluation.loading import load_hf_model, resolve_checkpoint
+from distill.evaluation.model_config import EvalModelConfig
+from distill.evaluation.settings import GenerationSettings
+from distill.evaluation.sources import AnswersSource, ApiSource, HFSource, build_source
+from distill.evaluation.sources.hf import _stop_criteria
 
 PROMPTS = [("t0", "def add(a, b):\n"), ("t1", "class Stack:\n    def push(self, x):\n"),
            ("t2", "for i in range(10):\n")]
 
 
 def hf(path, **kw):
-    spec = ModelSpec.from_mapping({"path": str(path), **kw}, "m", "model")
+    spec = EvalModelConfig.from_mapping({"path": str(path), **kw}, "m", "model")
     model, tok, device = load_hf_model(spec)
     return HFSource(model, tok, device, spec.chat)
 
@@ -85,13 +87,13 @@ def test_lora_adapter_on_its_base(tiny_model_dir, tmp_path):
     lora.save_pretrained(tmp_path / "adapter")
     cfg = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
     assert cfg["base_model_name_or_path"] == str(tiny_model_dir)
-    spec = ModelSpec.from_mapping({"adapter": str(tmp_path / "adapter")}, "lora", "model")
+    spec = EvalModelConfig.from_mapping({"adapter": str(tmp_path / "adapter")}, "lora", "model")
     assert spec.resolved_kind() == "lora"
     src = build_source(spec, {}, tmp_path)
     assert isinstance(src, HFSource)
     assert src.generate(PROMPTS[:1], GenerationSettings(max_new_tokens=3), None).texts
     # a folder with adapter_config.json given as `path` is recognised as an adapter too
-    assert ModelSpec.from_mapping({"path": str(tmp_path / "adapter")}, "x", "m").resolved_kind() \
+    assert EvalModelConfig.from_mapping({"path": str(tmp_path / "adapter")}, "x", "m").resolved_kind() \
         == "lora"
 
 
@@ -100,20 +102,20 @@ def test_checkpoint_resolution(tiny_model_dir, tmp_path):
     (run / "student").mkdir(parents=True)
     for f in Path(tiny_model_dir).iterdir():
         (run / "student" / f.name).write_bytes(f.read_bytes())
-    spec = ModelSpec.from_mapping({"checkpoint": str(run)}, "d", "models.distilled")
+    spec = EvalModelConfig.from_mapping({"checkpoint": str(run)}, "d", "models.distilled")
     assert spec.resolved_kind() == "checkpoint"
     assert resolve_checkpoint(spec, tmp_path) == str(run / "student")
     with pytest.raises(FileNotFoundError, match="model.checkpoint"):
-        resolve_checkpoint(ModelSpec(checkpoint=str(tmp_path / "nope")), tmp_path)
+        resolve_checkpoint(EvalModelConfig(checkpoint=str(tmp_path / "nope")), tmp_path)
 
 
 def test_model_spec_errors_name_the_key():
     with pytest.raises(ValueError, match="models.teacher: set one of path"):
-        ModelSpec.from_mapping({"role": "teacher"}, "teacher", "models.teacher")
+        EvalModelConfig.from_mapping({"role": "teacher"}, "teacher", "models.teacher")
     with pytest.raises(ValueError, match="models.x.role"):
-        ModelSpec.from_mapping({"path": "p", "role": "boss"}, "x", "models.x")
+        EvalModelConfig.from_mapping({"path": "p", "role": "boss"}, "x", "models.x")
     with pytest.raises(ValueError, match=r"unknown key\(s\) \['pth'\]"):
-        ModelSpec.from_mapping({"pth": "p"}, "x", "model")
+        EvalModelConfig.from_mapping({"pth": "p"}, "x", "model")
     with pytest.raises(ValueError, match="generation.temperature"):
         GenerationSettings(temperature=-1)
     with pytest.raises(ValueError, match="generation.style"):

@@ -7,8 +7,9 @@ import json
 import pytest
 
 from distill.evaluation.benchmarks import load_humaneval
-from distill.evaluation.generation import (GenerationResult, GenerationSettings, ModelSpec,
-                                           ReferenceSource)
+from distill.evaluation.model_config import EvalModelConfig
+from distill.evaluation.settings import GenerationResult, GenerationSettings
+from distill.evaluation.sources import ReferenceSource
 from distill.evaluation.runner import SettingsChanged, evaluate_model
 
 
@@ -41,7 +42,7 @@ def lines(path):
 
 
 def test_reference_solutions_score_one_and_files_are_written(bench, sandbox, tmp_path):
-    spec = ModelSpec(name="ref", kind="reference")
+    spec = EvalModelConfig(name="ref", kind="reference")
     refs = {t.task_id: t.reference for t in bench.tasks}
     s = evaluate_model(ReferenceSource(refs), spec, bench, GenerationSettings(), sandbox,
                        tmp_path, ks=[1, 10])
@@ -57,7 +58,7 @@ def test_reference_solutions_score_one_and_files_are_written(bench, sandbox, tmp
 
 def test_wrong_solutions_score_zero(bench, sandbox, tmp_path):
     src = Counting(lambda tid, j: "    return None\n")
-    s = evaluate_model(src, ModelSpec(name="wrong", path="x"), bench, GenerationSettings(),
+    s = evaluate_model(src, EvalModelConfig(name="wrong", path="x"), bench, GenerationSettings(),
                        sandbox, tmp_path)
     assert s["pass@1"] == 0.0 and s["passed_tasks"] == 0
     assert s["generation"]["tokens"] == 25 and s["generation"]["tokens_per_s"] > 0
@@ -68,7 +69,7 @@ def test_pass_at_k_from_mixed_samples(bench, sandbox, tmp_path):
     # samples 0 and 2 right, 1 and 3 wrong: c = 2 of n = 4 on every task
     src = Counting(lambda tid, j: refs[tid] if j % 2 == 0 else "    return None\n")
     settings = GenerationSettings(n=4, temperature=0.8)
-    s = evaluate_model(src, ModelSpec(name="mix", path="x"), bench, settings, sandbox,
+    s = evaluate_model(src, EvalModelConfig(name="mix", path="x"), bench, settings, sandbox,
                        tmp_path, ks=[1, 2, 4, 5])
     assert s["pass@1"] == pytest.approx(0.5)
     assert s["pass@2"] == pytest.approx(1 - 1 / 6)   # 1 - C(2,2)/C(4,2)
@@ -78,7 +79,7 @@ def test_pass_at_k_from_mixed_samples(bench, sandbox, tmp_path):
 
 def test_resume_after_interruption(bench, sandbox, tmp_path):
     refs = {t.task_id: t.reference for t in bench.tasks}
-    spec = ModelSpec(name="m", path="x")
+    spec = EvalModelConfig(name="m", path="x")
     settings = GenerationSettings()
     first = Counting(lambda tid, j: refs[tid])
     evaluate_model(first, spec, bench, settings, sandbox, tmp_path)
@@ -115,7 +116,7 @@ def lines_ok(path):
 def test_changed_settings_are_refused_then_overwritten(bench, sandbox, tmp_path):
     refs = {t.task_id: t.reference for t in bench.tasks}
     src = Counting(lambda tid, j: refs[tid])
-    spec = ModelSpec(name="m", path="x")
+    spec = EvalModelConfig(name="m", path="x")
     evaluate_model(src, spec, bench, GenerationSettings(max_new_tokens=64), sandbox, tmp_path)
     with pytest.raises(SettingsChanged, match="generation.max_new_tokens: 64 -> 128"):
         evaluate_model(src, spec, bench, GenerationSettings(max_new_tokens=128), sandbox,

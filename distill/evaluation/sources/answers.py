@@ -1,0 +1,78 @@
+"""Answers recorded in a JSONL (an API teacher's generated dataset) as a completion source."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from distill.evaluation.settings import GenerationResult
+
+ANSWER_TEXT_FIELDS = ("completion", "response", "answer", "output", "text", "content")
+
+
+class AnswersSource:
+    """Answers recorded earlier, e.g. the API teacher's generated dataset (JSONL).
+
+    Rows are matched to tasks by ``task_id`` when the rows have one, else by the prompt text
+    (the benchmark prompt, or the chat message built from it). A row may carry one answer or a
+    list of answers; several rows per task add up. Field names are configurable through
+    ``answers_fields: {task_id: ..., prompt: ..., text: ...}``.
+    """
+
+    kind = "answers"
+    style = "chat"
+
+    def __init__(self, path: str | Path, fields: Mapping[str, str] | None = None,
+                 style: str = "chat"):
+        self.path = Path(path)
+        if not self.path.exists():
+            raise FileNotFoundError(f"model.answers: {self.path} does not exist")
+        fields = dict(fields or {})
+        self.style = style
+        self.by_id: dict[str, list[str]] = {}
+        self.by_prompt: dict[str, list[str]] = {}
+        id_key, prompt_key = fields.get("task_id", "task_id"), fields.get("prompt", "prompt")
+        text_key = fields.get("text")
+        with self.path.open(encoding="utf-8") as fh:
+            for lineno, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise ValueError(f"{self.path}:{lineno}: not valid JSON ({exc.msg})") from None
+                key = text_key or next((k for k in ANSWER_TEXT_FIELDS if k in row), None)
+                if key is None or key not in row:
+                    raise KeyError(f"{self.path}:{lineno}: no answer field (looked for "
+                                   f"{[text_key] if text_key else list(ANSWER_TEXT_FIELDS)}); "
+                                   f"set model.answers_fields.text")
+                answers = row[key] if isinstance(row[key], list) else [row[key]]
+                if row.get(id_key) is not None:
+                    self.by_id.setdefault(str(row[id_key]), []).extend(answers)
+                elif row.get(prompt_key) is not None:
+                    self.by_prompt.setdefault(str(row[prompt_key]).strip(), []).extend(answers)
+                else:
+                    raise KeyError(f"{self.path}:{lineno}: needs {id_key!r} or {prompt_key!r}")
+
+    def generate(self, requests, settings, stop, style: str = "chat",
+                 raw_prompts: Sequence[str] | None = None) -> GenerationResult:
+        n = int(settings.n)
+        texts = []
+        for idx, (task_id, text) in enumerate(requests):
+            found = self.by_id.get(task_id)
+            if found is None:
+                for cand in (text, raw_prompts[idx] if raw_prompts else None):
+                    if cand is not None and cand.strip() in self.by_prompt:
+                        found = self.by_prompt[cand.strip()]
+                        break
+            if not found:
+                raise KeyError(f"model.answers: {self.path} has no answer for task {task_id}")
+            if len(found) < n:
+                raise ValueError(f"model.answers: {self.path} has {len(found)} answer(s) for "
+                                 f"{task_id}, generation.n={n} needs {n}")
+            texts.append(list(found[:n]))
+        return GenerationResult(texts, [[0] * n for _ in texts], 0.0)
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,117 @@
+"""Live answers from an API as a completion source, and the Claude adapter behind it.
+
+:class:`AnthropicApi` does not open a client of its own: it drives the project's one Messages
+client, :class:`distill.teachers.api.client.TeacherClient`, so evaluation calls get the same
+retries, rate limiting, key handling (``ANTHROPIC_API_KEY`` only) and error messages as the API
+teacher's data generation.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Protocol, Sequence
+
+from distill.evaluation.settings import GenerationResult, GenerationSettings
+
+
+class ApiClient(Protocol):
+    """What :class:`ApiSource` calls. ``complete_many`` (one call for every prompt) is optional;
+    without it the source calls ``complete`` from a thread pool."""
+
+    def complete(self, prompt: str, *, max_tokens: int, temperature: float, top_p: float,
+                 stop: Sequence[str] | None) -> tuple[str, int]: ...
+
+
+class AnthropicApi:
+    """Claude via :class:`~distill.teachers.api.client.TeacherClient` (``conf/eval/model/api.yaml``).
+
+    Args:
+        model: the Claude model id.
+        concurrency: requests in flight at once.
+        timeout_s: per-request timeout.
+        max_attempts: attempts per request (the client's retry policy).
+        base_url: another endpoint (a proxy, a local fake in tests); null = the SDK's default.
+    """
+
+    def __init__(self, model: str, concurrency: int = 4, timeout_s: float = 120.0,
+                 max_attempts: int = 6, base_url: str | None = None):
+        from distill.teachers.api.client import api_key_from_env
+
+        self.model = model
+        self.concurrency = max(1, int(concurrency))
+        self.timeout_s = float(timeout_s)
+        self.max_attempts = int(max_attempts)
+        self.base_url = base_url
+        self.api_key = api_key_from_env()  # fails now, naming the variable, not mid-benchmark
+
+    def params(self, prompt: str, max_tokens: int, temperature: float,
+               stop: Sequence[str] | None) -> dict[str, Any]:
+        # top_p is not sent: several Claude models reject temperature and top_p together.
+        p: dict[str, Any] = {"model": self.model, "max_tokens": int(max_tokens),
+                             "temperature": float(temperature),
+                             "messages": [{"role": "user", "content": prompt}]}
+        if stop:
+            p["stop_sequences"] = list(stop)
+        return p
+
+    def complete_many(self, prompts: Sequence[str], *, max_tokens: int, temperature: float,
+                      top_p: float, stop: Sequence[str] | None) -> list[tuple[str, int]]:
+        """``(text, output_tokens)`` per prompt, all requests on one event loop and one client."""
+        import asyncio
+
+        from distill.teachers.api.client import RetryPolicy, TeacherClient
+
+        async def run() -> list[tuple[str, int]]:
+            client = TeacherClient(base_url=self.base_url, timeout_s=self.timeout_s,
+                                   concurrency=self.concurrency, api_key=self.api_key,
+                                   retry=RetryPolicy(max_attempts=self.max_attempts))
+            try:
+                done = await asyncio.gather(*(
+                    client.create(self.params(p, max_tokens, temperature, stop),
+                                  what=f"distill-eval request {i}")
+                    for i, p in enumerate(prompts)))
+            finally:
+                await client.close()
+            return [(msg["text"], int(msg["usage"].get("output_tokens", 0))) for msg, _ in done]
+
+        return asyncio.run(run())
+
+    def complete(self, prompt: str, *, max_tokens: int, temperature: float, top_p: float,
+                 stop: Sequence[str] | None) -> tuple[str, int]:
+        return self.complete_many([prompt], max_tokens=max_tokens, temperature=temperature,
+                                  top_p=top_p, stop=stop)[0]
+
+
+class ApiSource:
+    """Live answers from an API client (``complete(prompt, ...) -> (text, output_tokens)``)."""
+
+    kind = "api"
+    style = "chat"
+
+    def __init__(self, client: ApiClient, concurrency: int = 4):
+        self.client = client
+        self.concurrency = max(1, int(concurrency))
+
+    def generate(self, requests, settings: GenerationSettings, stop,
+                 style: str = "chat") -> GenerationResult:
+        n = int(settings.n)
+        jobs = [(i, j, text) for i, (_, text) in enumerate(requests) for j in range(n)]
+        texts = [[""] * n for _ in requests]
+        tokens = [[0] * n for _ in requests]
+        kw = dict(max_tokens=int(settings.max_new_tokens), temperature=float(settings.temperature),
+                  top_p=float(settings.top_p), stop=None)
+        start = time.perf_counter()
+        many = getattr(self.client, "complete_many", None)
+        if many is not None:
+            answers = many([text for _, _, text in jobs], **kw)
+        else:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(self.concurrency) as pool:
+                answers = list(pool.map(lambda job: self.client.complete(job[2], **kw), jobs))
+        for (i, j, _), (out, used) in zip(jobs, answers):
+            texts[i][j], tokens[i][j] = out, int(used)
+        return GenerationResult(texts, tokens, time.perf_counter() - start)
+
+    def close(self) -> None:
+        pass

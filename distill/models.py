@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
 
-from distill.losses.components import ModelInfo
+from distill.types import ModelInfo
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from distill.losses.components import (STUDENT_ATTN, STUDENT_HIDDEN, STUDENT_LAS
                                        TEACHER_ATTN, TEACHER_LOGITS)
 from distill.models import ModelSpec, head_is_plain_linear, output_head
 from distill.teachers.base import NoTeacher, Teacher
-from distill.teachers.outputs import StudentOutput, TeacherOutput
+from distill.types import StudentOutput, TeacherKind, TeacherOutput
 
 log = logging.getLogger(__name__)
 
@@ -200,9 +200,9 @@ class DistillationModule(L.LightningModule):
         targets = next_token_targets(batch["labels"])
         student = self.student_forward(batch, frozenset({STUDENT_LOGITS}))
         teacher_logits = None
-        if self.teacher.kind == "full":
+        if self.teacher.kind == TeacherKind.FULL:
             teacher_logits = self.teacher_forward(batch, frozenset({TEACHER_LOGITS})).logits
-        elif self.teacher.kind == "sparse" and "teacher_topk_ids" in batch:  # cached teacher rows in the batch
+        elif self.teacher.kind == TeacherKind.SPARSE and "teacher_topk_ids" in batch:  # cached teacher rows in the batch
             sparse = self.teacher_forward(batch, frozenset({TEACHER_LOGITS}))
             M.accumulate(self._val_totals, M.sparse_heldout_metrics(student.logits, sparse, targets))
             return

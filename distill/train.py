@@ -17,6 +17,7 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from distill.config import CONF_DIR, compose_config, instantiate  # noqa: F401 (re-exported)
 from distill.validate import build_checked, check_trainer
 
 log = logging.getLogger(__name__)
@@ -28,18 +29,6 @@ class Components:
     datamodule: Any
     teacher: Any
     module: Any
-
-
-def instantiate(node: DictConfig, what: str, **kwargs):
-    """``hydra.utils.instantiate`` that says what it builds and names the config key on failure."""
-    target = node.get("_target_", "?") if isinstance(node, DictConfig) else "?"
-    log.info("Instantiating %s <%s>", what, target)
-    try:
-        return hydra.utils.instantiate(node, **kwargs)
-    except Exception as e:  # Hydra wraps the cause; surface it with the key that produced it
-        cause = e.__cause__ or e
-        raise type(cause)(f"while building `{what}` (<{target}>): {cause}") if isinstance(
-            cause, (ValueError, FileNotFoundError, KeyError, TypeError)) else e
 
 
 def build_components(cfg: DictConfig) -> Components:
@@ -91,39 +80,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
         metrics.update(summarize(cfg, metrics))
     return metrics
-
-
-# An absolute path: Hydra resolves relative paths as Python packages for installed entry points.
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
-
-
-def compose_config(config_name: str, overrides: Sequence[str], output_dir: str | Path,
-                   root_dir: str | Path | None = None) -> DictConfig:
-    """The config ``distill-<cli> <overrides>`` would build, without starting a Hydra app.
-
-    For notebooks, scripts and tests: ``train(compose_config("train", ["loss=ce"], "out/ce"))``.
-    Hydra's runtime config is registered (``${hydra:...}`` interpolations and code reading the
-    run's choices or overrides work) and then dropped from the returned config, as in a real run.
-
-    Args:
-        config_name: a top-level file in ``conf/`` (``train``, ``eval``, ``cache_logits``, ...).
-        overrides: command-line style overrides.
-        output_dir: becomes ``paths.output_dir`` (the CLI's timestamped run directory).
-        root_dir: ``paths.root_dir``; defaults to the current directory, as on the command line.
-    """
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
-
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose(config_name=config_name, overrides=list(overrides), return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(output_dir)
-        cfg.paths.root_dir = str(root_dir if root_dir is not None else Path.cwd())
-        del cfg["hydra"]
-    return cfg
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")

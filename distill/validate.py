@@ -12,18 +12,16 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from distill.config import ConfigError, instantiate
 from distill.losses.combine import DistillationLoss
 from distill.losses.components import STUDENT_ATTN, TEACHER_ATTN, TEACHER_HIDDEN, TEACHER_LOGITS
 from distill.models import ModelSpec
 from distill.teachers.base import Teacher
+from distill.types import TeacherKind
 
 log = logging.getLogger(__name__)
 
 FLASH = ("flash_attention_2", "flash_attention_3", "sdpa")
-
-
-class ConfigError(ValueError):
-    """A config that cannot work; the message names the key and the fix."""
 
 
 @dataclass
@@ -36,10 +34,6 @@ class Checked:
 
 
 def _build(node: DictConfig, what: str):
-    from distill.train import instantiate
-
-    if node is None:
-        raise ConfigError(f"`{what}` is missing from the config; pick a preset ({what}=...)")
     return instantiate(node, what)
 
 
@@ -66,7 +60,7 @@ def check_vocab(student_tok, teacher: Teacher, loss: DistillationLoss) -> int | 
     """
     from distill.data.tokenizer import load_tokenizer
 
-    if teacher.kind == "none" or TEACHER_LOGITS not in loss.needs and teacher.kind != "full":
+    if teacher.kind == TeacherKind.NONE or TEACHER_LOGITS not in loss.needs and teacher.kind != TeacherKind.FULL:
         return len(student_tok)
     size = len(student_tok)
     if teacher.tokenizer and teacher.tokenizer != getattr(student_tok, "name_or_path", None):
@@ -103,7 +97,7 @@ def build_checked(cfg: DictConfig) -> Checked:
             raise ConfigError(f"{role} uses attn_implementation={impl!r}, which never materialises attention "
                               "maps, but the loss has an attention-matching component. Remove the setting (distill "
                               "switches to eager) or drop the attention component.")
-    if teacher.kind == "sparse" and (TEACHER_HIDDEN in needs or TEACHER_ATTN in needs):
+    if teacher.kind == TeacherKind.SPARSE and (TEACHER_HIDDEN in needs or TEACHER_ATTN in needs):
         raise ConfigError("teacher=cached stores only top-k log-probs: hidden-state and attention matching need an "
                           "online teacher (teacher=<model>), or remove those components from the loss")
     student_info = student.info()

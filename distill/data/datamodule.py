@@ -6,11 +6,16 @@ training, that there is enough data for at least one full optimizer step.
 
 ``batch_size`` is the **optimizer-step** batch; the module splits it into micro-batches itself
 (``module.micro_batch_size``), which is what makes loss normalisation exact under accumulation.
+
+Teachers that bring per-example data (an offline cache's rows) add a :class:`BatchHook` with
+:meth:`DistillDataModule.add_hook`: the DataModule calls it for every example it serves and every
+batch it collates, so no teacher ever replaces the DataModule's datasets or collate.
 """
 
 from __future__ import annotations
 
 import logging
+from typing import Protocol
 
 import lightning as L
 import torch
@@ -21,15 +26,35 @@ from distill.losses.functional import IGNORE_INDEX
 log = logging.getLogger(__name__)
 
 
+class BatchHook(Protocol):
+    """Adds fields to the examples and batches a DataModule serves (the public seam for teachers).
+
+    ``example`` sees each example of a split by its index (stable: the source's order) and returns
+    it with extra fields; ``batch`` sees the examples of a batch and the padded batch the DataModule
+    built from them, and returns the batch with the extra fields padded alongside. Both must leave
+    ``input_ids``, ``attention_mask`` and ``labels`` as they are.
+    """
+
+    def example(self, split: str, index: int, example: dict) -> dict: ...
+
+    def batch(self, examples: list[dict], batch: dict) -> dict: ...
+
+
 class ExampleDataset(Dataset):
-    def __init__(self, examples: list[dict]):
-        self.examples = examples
+    """A split's tokenized examples; ``hooks`` add fields to each one as it is served."""
+
+    def __init__(self, examples: list[dict], split: str = "train", hooks: list[BatchHook] | None = None):
+        self.examples, self.split = examples, split
+        self.hooks = hooks if hooks is not None else []
 
     def __len__(self) -> int:
         return len(self.examples)
 
     def __getitem__(self, i: int) -> dict:
-        return self.examples[i]
+        example = self.examples[i]
+        for hook in self.hooks:
+            example = hook.example(self.split, i, example)
+        return example
 
 
 def collate(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
@@ -71,10 +96,21 @@ class DistillDataModule(L.LightningDataModule):
         self.tokenizer = tokenizer
         self.train_set: ExampleDataset | None = None
         self.val_set: ExampleDataset | None = None
+        self.hooks: list[BatchHook] = []
 
     def connect(self, tokenizer) -> "DistillDataModule":
         self.tokenizer = tokenizer
         return self
+
+    def add_hook(self, hook: BatchHook) -> None:
+        """Have every served example and collated batch pass through ``hook`` (see :class:`BatchHook`)."""
+        if hook not in self.hooks:
+            self.hooks.append(hook)
+
+    def examples(self, split: str) -> list[dict]:
+        """The tokenized examples of ``split`` ("train" or "val"), as the source gave them (no hooks)."""
+        self.setup("fit")
+        return (self.train_set if split == "train" else self.val_set).examples
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
@@ -94,16 +130,43 @@ class DistillDataModule(L.LightningDataModule):
             raise ValueError(f"data: source {name} gave no held-out examples; add validation data or raise "
                              "its val_fraction")
         log.info("data: %d train / %d val examples of <= %d tokens from %s", len(train), len(val), self.seq_len, name)
-        self.train_set, self.val_set = ExampleDataset(train), ExampleDataset(val)
+        self.train_set = ExampleDataset(train, "train", self.hooks)
+        self.val_set = ExampleDataset(val, "val", self.hooks)
 
-    def _collate(self, examples):
-        return collate(examples, self.tokenizer.pad_token_id)
+    def collate(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        """Pad ``examples`` into a batch, then let each hook add its fields."""
+        batch = collate(examples, self.tokenizer.pad_token_id)
+        for hook in self.hooks:
+            batch = hook.batch(examples, batch)
+        return batch
 
     def train_dataloader(self) -> DataLoader:
+        return self._train_loader(self.train_set, self.collate)
+
+    def _train_loader(self, dataset, collate_fn) -> DataLoader:
         g = torch.Generator().manual_seed(self.seed)
-        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, drop_last=True, generator=g,
-                          collate_fn=self._collate, num_workers=self.num_workers)
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=True, drop_last=True, generator=g,
+                          collate_fn=collate_fn, num_workers=self.num_workers)
+
+    def train_order(self, num_batches: int | None = None) -> list[list[int]]:
+        """Example indices of the first ``num_batches`` training batches (one epoch when None), in
+        the order a run's :meth:`train_dataloader` serves them, epoch after epoch (each epoch
+        re-iterates the same loader, so it reshuffles with the same generator, as Lightning does).
+        """
+        self.setup("fit")
+        # The real loader over a stand-in dataset of indices: creating a DataLoader iterator draws
+        # a base seed from the generator first, so only the real loader gives the run's order.
+        loader = self._train_loader(range(len(self.train_set)), list)
+        order: list[list[int]] = []
+        while True:
+            before = len(order)
+            for batch in loader:
+                order.append([int(i) for i in batch])
+                if num_batches is not None and len(order) >= num_batches:
+                    return order
+            if num_batches is None or len(order) == before:
+                return order
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.val_set, batch_size=self.val_batch_size, shuffle=False,
-                          collate_fn=self._collate, num_workers=self.num_workers)
+                          collate_fn=self.collate, num_workers=self.num_workers)

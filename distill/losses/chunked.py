@@ -47,7 +47,7 @@ import torch
 
 from distill.losses import sparse as SP
 from distill.losses.components import CrossEntropy, ForwardKL, GeneralizedJSD, LossInputs, ReverseKL
-from distill.teachers.outputs import TeacherOutput
+from distill.types import TeacherKind, TeacherOutput
 
 _FMIN = torch.finfo(torch.float32).min
 
@@ -182,7 +182,7 @@ def divergence_kernel(divergence: str, teacher_kind: str = "full", temperature: 
     """
     if divergence == "ce":
         return partial(cross_entropy_kernel, temperature=1.0)
-    if teacher_kind == "sparse":
+    if teacher_kind == TeacherKind.SPARSE:
         if divergence == "forward_kl" or (divergence == "jsd" and beta == 0.0):
             return partial(SP.sparse_forward_kl_kernel, temperature=temperature, sampled=sampled)
         # Fail before any work, not chunk by chunk.
@@ -221,9 +221,9 @@ def label_rows(labels: torch.Tensor) -> RowFetch:
 
 def teacher_rows(teacher: TeacherOutput, vocab_size: int | None = None) -> RowFetch:
     """Row fetcher for a full or sparse :class:`TeacherOutput`."""
-    if teacher.kind == "full":
+    if teacher.kind == TeacherKind.FULL:
         return full_rows(teacher.logits, vocab_size)
-    if teacher.kind == "sparse":
+    if teacher.kind == TeacherKind.SPARSE:
         return sparse_rows(teacher.topk_ids, teacher.topk_logprobs, SP.teacher_tail(teacher))
     raise ValueError("this loss needs teacher logits or a sparse teacher cache, but the teacher has none")
 
@@ -363,7 +363,7 @@ class _ChunkedDivergence:
     """Mixin for the chunked divergences: full or sparse teacher, 0-dim reduced output."""
 
     divergence: str = "forward_kl"
-    teacher_kinds = frozenset({"full", "sparse"})
+    teacher_kinds = frozenset({TeacherKind.FULL, TeacherKind.SPARSE})
     chunk_size: int | None
     scale_by_t2: bool
 

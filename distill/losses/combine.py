@@ -19,14 +19,11 @@ import torch
 from torch import nn
 
 from distill.losses.components import (TEACHER_ATTN, TEACHER_HIDDEN, TEACHER_LAST_HIDDEN, TEACHER_LOGITS,
-                                       LossComponent, LossInputs, ModelInfo)
+                                       LossComponent, LossInputs)
 from distill.losses.schedules import Schedule, as_schedule
-from distill.teachers.outputs import StudentOutput, TeacherOutput
+from distill.types import TEACHER_NEEDS, ModelInfo, StudentOutput, TeacherKind, TeacherOutput
 
 log = logging.getLogger(__name__)
-
-#: The needs a teacher answers (the rest are the student's).
-TEACHER_REQUESTS = frozenset({TEACHER_LOGITS, TEACHER_LAST_HIDDEN, TEACHER_HIDDEN, TEACHER_ATTN})
 
 
 class DistillationLoss(nn.Module):
@@ -78,7 +75,7 @@ class DistillationLoss(nn.Module):
         components), ask for those instead, so an online teacher never materialises its
         ``(B, L, V)`` logits. Otherwise ask for logits only.
         """
-        needs = self.needs & TEACHER_REQUESTS
+        needs = self.needs & TEACHER_NEEDS
         readers = [c for c in self.components.values() if TEACHER_LOGITS in c.needs]
         if readers and all(TEACHER_LAST_HIDDEN in c.needs for c in readers):
             return needs - {TEACHER_LOGITS}
@@ -93,7 +90,7 @@ class DistillationLoss(nn.Module):
         for name, comp in self.components.items():
             if teacher_kind not in comp.teacher_kinds:
                 hint = ("Choose another teacher (teacher=...) or drop the component from the loss config.")
-                if teacher_kind == "sparse":
+                if teacher_kind == TeacherKind.SPARSE:
                     # The usual slip: teacher=cached with the default loss=kd (full-logit ForwardKL).
                     hint = ("A cached teacher holds top-k log-probs: use loss=kd_chunked or loss=kd_fused, or the "
                             "sparse-capable components in distill.losses.sparse (SparseForwardKL, SparseReverseKL, "

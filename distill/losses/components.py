@@ -20,38 +20,15 @@ import torch
 from torch import nn
 
 from distill.losses import functional as LF
-from distill.teachers.outputs import StudentOutput, TeacherOutput
+from distill.types import (ModelInfo, Need, StudentOutput, TeacherKind, TeacherOutput, as_needs,
+                          as_teacher_kinds)
 
-# What a component may ask the models for. The module requests exactly the union of these.
-STUDENT_LOGITS = "student_logits"
-TEACHER_LOGITS = "teacher_logits"  # full logits, or a sparse cache if the component accepts it
-STUDENT_HIDDEN = "student_hidden_states"
-TEACHER_HIDDEN = "teacher_hidden_states"
-STUDENT_ATTN = "student_attentions"
-TEACHER_ATTN = "teacher_attentions"
-# Fused losses (distill.losses.fused) take a model's final hidden states and lm_head weight instead
-# of its full-vocabulary logits. A component listing TEACHER_LAST_HIDDEN next to TEACHER_LOGITS
-# accepts either; when every logit-using component does, the teacher is run without its head.
-STUDENT_LAST_HIDDEN = "student_last_hidden"
-TEACHER_LAST_HIDDEN = "teacher_last_hidden"
-ALL_NEEDS = frozenset({STUDENT_LOGITS, TEACHER_LOGITS, STUDENT_HIDDEN, TEACHER_HIDDEN, STUDENT_ATTN,
-                       TEACHER_ATTN, STUDENT_LAST_HIDDEN, TEACHER_LAST_HIDDEN})
-
-
-@dataclass
-class ModelInfo:
-    """Shape facts about a model, read from its config without loading weights."""
-
-    hidden_size: int
-    num_layers: int
-    num_heads: int
-    vocab_size: int
-
-    @classmethod
-    def from_hf_config(cls, config) -> "ModelInfo":
-        config = getattr(config, "text_config", None) or config
-        return cls(hidden_size=config.hidden_size, num_layers=config.num_hidden_layers,
-                   num_heads=config.num_attention_heads, vocab_size=config.vocab_size)
+# The contract's names, kept here too so that components written against them keep importing.
+STUDENT_LOGITS, TEACHER_LOGITS = Need.STUDENT_LOGITS, Need.TEACHER_LOGITS
+STUDENT_HIDDEN, TEACHER_HIDDEN = Need.STUDENT_HIDDEN, Need.TEACHER_HIDDEN
+STUDENT_ATTN, TEACHER_ATTN = Need.STUDENT_ATTN, Need.TEACHER_ATTN
+STUDENT_LAST_HIDDEN, TEACHER_LAST_HIDDEN = Need.STUDENT_LAST_HIDDEN, Need.TEACHER_LAST_HIDDEN
+FULL, SPARSE, NONE = TeacherKind.FULL, TeacherKind.SPARSE, TeacherKind.NONE
 
 
 @dataclass
@@ -83,16 +60,24 @@ class LossComponent(nn.Module):
     """Base class of every loss term.
 
     Class attributes:
-        needs: which outputs the component reads (constants above). The module asks the models for
-            hidden states / attentions only when some active component needs them.
-        teacher_kinds: which :class:`TeacherOutput` kinds the component can use ("full", "sparse",
-            "none"); checked before training so a mismatch fails early with a clear message.
+        needs: which outputs the component reads (:class:`~distill.types.Need` members). The module
+            asks the models for hidden states / attentions only when some active component needs them.
+        teacher_kinds: which :class:`~distill.types.TeacherKind` forms the component can use;
+            checked before training so a mismatch fails early with a clear message. Plain strings
+            are accepted and checked when the class is defined (a typo is a ``TypeError``).
         uses_temperature: whether the combiner's temperature applies (logged only then).
     """
 
-    needs: ClassVar[frozenset[str]] = frozenset()
-    teacher_kinds: ClassVar[frozenset[str]] = frozenset({"full", "sparse", "none"})
+    needs: ClassVar[frozenset[Need]] = frozenset()
+    teacher_kinds: ClassVar[frozenset[TeacherKind]] = frozenset(TeacherKind)
     uses_temperature: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs):
+        # A misspelt need or teacher kind would otherwise be a silent set miss (the models are
+        # never asked for it, or a kind check never matches): refuse it when the class is defined.
+        super().__init_subclass__(**kwargs)
+        cls.needs = as_needs(cls.needs, cls.__name__)
+        cls.teacher_kinds = as_teacher_kinds(cls.teacher_kinds, cls.__name__)
 
     def configure(self, student: ModelInfo, teacher: ModelInfo | None) -> None:
         """Build shape-dependent parts (projections) and validate, before training starts.
@@ -123,7 +108,7 @@ class _LogitDivergence(LossComponent):
     """Shared plumbing for divergences between next-token distributions."""
 
     needs = frozenset({STUDENT_LOGITS, TEACHER_LOGITS})
-    teacher_kinds = frozenset({"full"})
+    teacher_kinds = frozenset({FULL})
     uses_temperature = True
 
     def __init__(self, scale_by_t2: bool = True):
@@ -223,7 +208,7 @@ class HiddenStateMatch(LossComponent):
     """
 
     needs = frozenset({STUDENT_HIDDEN, TEACHER_HIDDEN})
-    teacher_kinds = frozenset({"full"})
+    teacher_kinds = frozenset({FULL})
 
     def __init__(self, loss: str = "mse", layer_map: str | list = "uniform", project: bool | None = None):
         super().__init__()
@@ -281,7 +266,7 @@ class AttentionMatch(LossComponent):
     """
 
     needs = frozenset({STUDENT_ATTN, TEACHER_ATTN})
-    teacher_kinds = frozenset({"full"})
+    teacher_kinds = frozenset({FULL})
 
     def __init__(self, loss: str = "kl", layer_map: str | list = "uniform"):
         super().__init__()

@@ -18,7 +18,7 @@ otherwise falls back to this implementation.
 The teacher can be given as (checked in this order):
 
 * ``last_hidden (B, L, D_t)`` + ``lm_head_weight (V_t, D_t)`` attributes on the
-  :class:`~distill.teachers.outputs.TeacherOutput` (an online teacher run up to its final norm):
+  :class:`~distill.types.TeacherOutput` (an online teacher run up to its final norm):
   its logits are formed chunk by chunk too, under ``no_grad``;
 * full ``logits (B, L, V_t)``;
 * a sparse cache (``topk_ids`` / ``topk_logprobs``, see :mod:`distill.losses.sparse`).
@@ -42,7 +42,7 @@ import torch
 from distill.losses import chunked as CH
 from distill.losses.components import (STUDENT_LAST_HIDDEN, TEACHER_LAST_HIDDEN, TEACHER_LOGITS, CrossEntropy,
                                        ForwardKL, GeneralizedJSD, LossInputs, ReverseKL)
-from distill.teachers.outputs import StudentOutput, TeacherOutput
+from distill.types import StudentOutput, TeacherKind, TeacherOutput
 
 # STUDENT_LAST_HIDDEN: the module returns ``StudentOutput.last_hidden`` + ``lm_head_weight`` (a
 # fused component leaves ``student_logits`` out of its needs, which already has that effect).
@@ -179,7 +179,7 @@ def fused_linear_divergence(hidden: torch.Tensor, weight: torch.Tensor, teacher:
         pair = teacher
         teacher = TeacherOutput()
         teacher.last_hidden, teacher.lm_head_weight = pair
-    kind = "full" if _teacher_head(teacher) is not None else teacher.kind
+    kind = TeacherKind.FULL if _teacher_head(teacher) is not None else teacher.kind
     vocab = min(weight.shape[0], _teacher_vocab(teacher) or weight.shape[0])
     kernel = CH.divergence_kernel(divergence, kind, temperature, beta, bool(teacher.sampled))
     return fused_linear_loss(hidden, _head_rows(weight, vocab), token_weights, kernel, _fetch(teacher, vocab),
@@ -297,7 +297,7 @@ class _FusedDivergence:
 
     divergence: str = "forward_kl"
     needs = frozenset({STUDENT_LAST_HIDDEN, TEACHER_LOGITS, TEACHER_LAST_HIDDEN})
-    teacher_kinds = frozenset({"full", "sparse"})
+    teacher_kinds = frozenset({TeacherKind.FULL, TeacherKind.SPARSE})
     chunk_size: int | None
     scale_by_t2: bool
     backend: str
@@ -310,8 +310,8 @@ class _FusedDivergence:
         student, teacher = inputs.student, inputs.teacher
         weights = CH.component_weights(inputs, t * t if self.scale_by_t2 else 1.0)
         head = _teacher_head(teacher)
-        kind = "full" if head is not None else teacher.kind
-        if kind == "none":
+        kind = TeacherKind.FULL if head is not None else teacher.kind
+        if kind == TeacherKind.NONE:
             raise ValueError(f"{type(self).__name__} needs teacher logits, a teacher head or a sparse cache")
         kernel = CH.divergence_kernel(self.divergence, kind, t, self._beta(), bool(teacher.sampled))
         if student.logits is not None:
@@ -319,7 +319,7 @@ class _FusedDivergence:
             return CH.chunked_loss(logits, weights, kernel, _fetch(teacher, logits.shape[-1]), self.chunk_size)
         _require_head(student, type(self).__name__)
         out = _try_liger(self.divergence, self._beta(), t, student.last_hidden, student.lm_head_weight, teacher,
-                         inputs.targets, weights, self.backend) if kind == "full" else None
+                         inputs.targets, weights, self.backend) if kind == TeacherKind.FULL else None
         if out is not None:
             return out
         w = student.lm_head_weight

@@ -1,7 +1,7 @@
 """Distillation from a sparse teacher: top-k caches with a tail bucket, and sampled caches.
 
 An offline cache cannot store ``V``-wide teacher distributions (152k floats per token), so it
-stores ``K`` entries per token (:class:`~distill.teachers.outputs.TeacherOutput` ``kind ==
+stores ``K`` entries per token (:class:`~distill.types.TeacherOutput` ``kind ==
 "sparse"``): ``topk_ids (..., K)`` int and ``topk_logprobs (..., K)``. Two kinds of cache exist.
 
 **Top-k** (``sampled=False``). ``topk_logprobs`` are the teacher's log-probabilities at ``T = 1``
@@ -58,7 +58,7 @@ import torch.nn.functional as F
 
 from distill.losses import functional as LF
 from distill.losses.components import ForwardKL, GeneralizedJSD, LossInputs, ReverseKL
-from distill.teachers.outputs import TeacherOutput
+from distill.types import TeacherKind, TeacherOutput
 
 _FMIN = torch.finfo(torch.float32).min
 # Reverse KL puts teacher log-probabilities in the denominator: a tail bucket the teacher gives
@@ -430,10 +430,10 @@ class SparseForwardKL(ForwardKL):
     values ``(B, L)``; for bounded memory use :class:`distill.losses.chunked.ChunkedForwardKL`.
     """
 
-    teacher_kinds = frozenset({"full", "sparse"})
+    teacher_kinds = frozenset({TeacherKind.FULL, TeacherKind.SPARSE})
 
     def forward(self, inputs: LossInputs) -> torch.Tensor:
-        if inputs.teacher.kind != "sparse":
+        if inputs.teacher.kind != TeacherKind.SPARSE:
             return super().forward(inputs)
         t = inputs.temperature
         ids, lp, sampled, tail = _sparse_args(inputs)
@@ -445,10 +445,10 @@ class SparseReverseKL(ReverseKL):
     """:class:`~distill.losses.components.ReverseKL` that also accepts a top-k teacher
     (:func:`sparse_reverse_kl`; sampled caches are rejected)."""
 
-    teacher_kinds = frozenset({"full", "sparse"})
+    teacher_kinds = frozenset({TeacherKind.FULL, TeacherKind.SPARSE})
 
     def forward(self, inputs: LossInputs) -> torch.Tensor:
-        if inputs.teacher.kind != "sparse":
+        if inputs.teacher.kind != TeacherKind.SPARSE:
             return super().forward(inputs)
         t = inputs.temperature
         ids, lp, sampled, tail = _sparse_args(inputs)
@@ -460,10 +460,10 @@ class SparseGeneralizedJSD(GeneralizedJSD):
     """:class:`~distill.losses.components.GeneralizedJSD` that also accepts a top-k teacher
     (:func:`sparse_generalized_jsd`; sampled caches are rejected)."""
 
-    teacher_kinds = frozenset({"full", "sparse"})
+    teacher_kinds = frozenset({TeacherKind.FULL, TeacherKind.SPARSE})
 
     def forward(self, inputs: LossInputs) -> torch.Tensor:
-        if inputs.teacher.kind != "sparse":
+        if inputs.teacher.kind != TeacherKind.SPARSE:
             return super().forward(inputs)
         t = inputs.temperature
         ids, lp, sampled, tail = _sparse_args(inputs)

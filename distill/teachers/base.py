@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from distill.losses.components import ModelInfo
-from distill.teachers.outputs import TeacherOutput
+from distill.types import ModelInfo
+from distill.types import TeacherOutput
+from distill.types import TeacherKind
 
 
 class Teacher:
@@ -15,7 +16,7 @@ class Teacher:
     frozen, never in the optimizer and never in checkpoints.
     """
 
-    kind: str = "none"
+    kind: TeacherKind = TeacherKind.NONE
 
     def info(self) -> ModelInfo | None:
         """Shapes of the teacher model, from its config only (None when there is no model)."""
@@ -43,4 +44,4 @@ class NoTeacher(Teacher):
     """No teacher signal: the data itself was written by the teacher (sequence-level KD), or a
     CE-only baseline."""
 
-    kind = "none"
+    kind = TeacherKind.NONE

@@ -11,7 +11,7 @@ DataModule's datasets so that every example carries its cached rows and every ba
     teacher_tail           (B, L)    float32
 
 and :meth:`CachedTeacher.__call__` turns them into a sparse
-:class:`~distill.teachers.outputs.TeacherOutput`. Being in the batch, the rows move to the device
+:class:`~distill.types.TeacherOutput`. Being in the batch, the rows move to the device
 and are split into micro-batches along with ``input_ids``.
 
 Losses must accept a sparse teacher (``loss=kd_chunked``, ``loss=kd_fused``, or the ``Sparse*``
@@ -28,11 +28,12 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from distill.losses.components import ModelInfo
+from distill.types import ModelInfo
 from distill.teachers.base import Teacher
 from distill.teachers.cache import (CacheMismatchError, CacheReader, SplitReader, data_fingerprint,
                                     tokenizer_fingerprint, weights_fingerprint)
-from distill.teachers.outputs import TeacherOutput
+from distill.types import TeacherOutput
+from distill.types import TeacherKind
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +128,7 @@ class CachedTeacher(Teacher):
             only the examples of the first N steps (``cache.max_steps``).
     """
 
-    kind = "sparse"
+    kind = TeacherKind.SPARSE
 
     def __init__(self, path: str, source: str | None = None, mode: str | None = None, k: int | None = None,
                  renormalize: bool = True, verify: bool = False, max_steps: int | None = None):

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import torch
 
-from distill.losses.components import TEACHER_ATTN, TEACHER_HIDDEN, TEACHER_LAST_HIDDEN, TEACHER_LOGITS, ModelInfo
+from distill.types import ModelInfo, Need
 from distill.models import ModelSpec, head_is_plain_linear, output_head
 from distill.teachers.base import Teacher
-from distill.teachers.outputs import TeacherOutput
+from distill.types import TeacherOutput
+from distill.types import TeacherKind
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +27,7 @@ class HFTeacher(Teacher):
             gets a teacher on a machine without a model hub.
     """
 
-    kind = "full"
+    kind = TeacherKind.FULL
 
     def __init__(self, model: ModelSpec, pretrain: dict | None = None):
         self.spec = model
@@ -69,15 +70,15 @@ class HFTeacher(Teacher):
 
     @torch.no_grad()
     def __call__(self, batch: dict, needs: frozenset[str]) -> TeacherOutput:
-        hidden, attn = TEACHER_HIDDEN in needs, TEACHER_ATTN in needs
-        if TEACHER_LOGITS not in needs and not attn and (TEACHER_LAST_HIDDEN not in needs or self._plain_head):
+        hidden, attn = Need.TEACHER_HIDDEN in needs, Need.TEACHER_ATTN in needs
+        if Need.TEACHER_LOGITS not in needs and not attn and (Need.TEACHER_LAST_HIDDEN not in needs or self._plain_head):
             # No component reads the logits (fused losses form them chunk by chunk from the final
             # hidden states and the head; hidden-state matching never needs them): skip the head,
             # so the (B, L, V) teacher logits are never held whole.
             body, head = output_head(self.model)
             out = body(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                        output_hidden_states=hidden, use_cache=False)
-            fused = TEACHER_LAST_HIDDEN in needs
+            fused = Need.TEACHER_LAST_HIDDEN in needs
             return TeacherOutput(last_hidden=out.last_hidden_state if fused else None,
                                  lm_head_weight=head if fused else None,
                                  hidden_states=out.hidden_states if hidden else None)

@@ -202,7 +202,7 @@ def loss_costs(setup: Setup, repeats: int = 7) -> dict[str, float]:
 
     from distill.losses.combine import DistillationLoss
     from distill.losses.components import CrossEntropy, ForwardKL
-    from distill.teachers.outputs import StudentOutput, TeacherOutput
+    from distill.types import StudentOutput, TeacherOutput
 
     g = torch.Generator().manual_seed(0)
     b, v = setup.batch_size, len(setup.tokenizer)

@@ -11,7 +11,7 @@ from distill.losses import chunked as CH
 from distill.losses import functional as LF
 from distill.losses.combine import DistillationLoss
 from distill.losses.components import CrossEntropy, ForwardKL, GeneralizedJSD, LossInputs, ReverseKL
-from distill.teachers.outputs import StudentOutput, TeacherOutput
+from distill.types import StudentOutput, TeacherOutput
 
 B, L, V = 3, 7, 29
 CONF = Path(__file__).resolve().parents[2] / "conf" / "loss"

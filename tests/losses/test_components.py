@@ -8,7 +8,7 @@ from distill.losses.combine import DistillationLoss
 from distill.losses.components import (AttentionMatch, CrossEntropy, ForwardKL, GeneralizedJSD, HiddenStateMatch,
                                        LossInputs, ModelInfo, ReverseKL, resolve_layer_map)
 from distill.losses.schedules import Linear, Warmup
-from distill.teachers.outputs import StudentOutput, TeacherOutput
+from distill.types import StudentOutput, TeacherOutput
 
 B, L, V = 2, 6, 13
 S_INFO = ModelInfo(hidden_size=8, num_layers=2, num_heads=2, vocab_size=V)

@@ -9,7 +9,7 @@ from distill.losses import functional as LF
 from distill.losses import sparse as SP
 from distill.losses.combine import DistillationLoss
 from distill.losses.components import CrossEntropy, ForwardKL, GeneralizedJSD, ReverseKL
-from distill.teachers.outputs import StudentOutput, TeacherOutput
+from distill.types import StudentOutput, TeacherOutput
 
 B, L, D, DT, V = 2, 9, 16, 24, 41
 

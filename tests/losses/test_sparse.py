@@ -10,7 +10,7 @@ from distill.losses import functional as LF
 from distill.losses import sparse as SP
 from distill.losses.combine import DistillationLoss
 from distill.losses.components import ForwardKL, ModelInfo
-from distill.teachers.outputs import StudentOutput, TeacherOutput
+from distill.types import StudentOutput, TeacherOutput
 
 V = 40
 

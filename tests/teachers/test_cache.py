@@ -14,7 +14,7 @@ from distill.losses import functional as LF
 from distill.losses import sparse as SP
 from distill.teachers import cache as C
 from distill.teachers.cached import CachedCollate, CachedExamples, CachedTeacher, renormalize
-from distill.teachers.outputs import TeacherOutput
+from distill.types import TeacherOutput
 
 V = 64
 TEACHER = {"choice": "test", "name_or_path": None, "from_scratch": True, "config_sha256": "c", "dtype": "float32",

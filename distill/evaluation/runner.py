@@ -192,29 +192,40 @@ def evaluate_model(source: CompletionSource, spec: EvalModelConfig, benchmark: B
                     rows.append(row)
             _append(run.generations, rows)
 
-        programs, owners = [], []
+        # One program per sample, or per test case of an APPS-style task (each with its timeout).
+        programs, owners, timeouts = [], [], []
         for t in part:
             for j in range(n):
-                programs.append(t.program(generated[t.task_id][j]["completion"]))
-                owners.append((t, j))
+                for prog in t.programs(generated[t.task_id][j]["completion"]):
+                    programs.append(prog)
+                    owners.append((t, j))
+                    timeouts.append(t.case_timeout)
         start = time.perf_counter()
-        outcomes: list[ExecResult] = sandbox.map(programs)
+        outcomes: list[ExecResult] = sandbox.map(programs, timeouts)
         exec_wall += time.perf_counter() - start
-        by_task: dict[str, list[tuple[int, ExecResult]]] = {}
+        by_sample: dict[tuple[str, int], list[ExecResult]] = {}
         for (t, j), res in zip(owners, outcomes):
-            by_task.setdefault(t.task_id, []).append((j, res))
+            by_sample.setdefault((t.task_id, j), []).append(res)
         rows = []
         for t in part:
             samples = []
-            for j, res in sorted(by_task[t.task_id], key=lambda x: x[0]):
+            for j in range(n):
+                results = by_sample[(t.task_id, j)]
+                res = next((r for r in results if not r.passed), results[0])  # first failure
                 g = generated[t.task_id][j]
-                samples.append({
+                sample = {
                     "sample": j, "completion": g["completion"], "outcome": res.outcome,
                     "error_type": res.error_type, "message": res.message,
                     "stdout": res.stdout[:KEEP_OUTPUT_CHARS],
                     "stderr": res.stderr[-KEEP_OUTPUT_CHARS:],
-                    "duration": round(res.duration, 4), "tokens": g.get("tokens", 0),
-                })
+                    "duration": round(sum(r.duration for r in results), 4),
+                    "tokens": g.get("tokens", 0),
+                }
+                if t.cases:
+                    sample["cases_passed"] = sum(r.passed for r in results)
+                    sample["cases"] = len(results)
+                    sample["case_outcomes"] = [r.outcome for r in results]
+                samples.append(sample)
             c = sum(s["outcome"] == "passed" for s in samples)
             row = {"task_id": t.task_id, "prompt": request_text(t), "n": n, "c": c,
                    **per_task_pass_at_k(n, c, ks), "samples": samples}
@@ -232,6 +243,23 @@ def evaluate_model(source: CompletionSource, spec: EvalModelConfig, benchmark: B
                            "resumed_tasks": resumed}
     run.summary_file.write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def _case_metrics(results: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """APPS's two accuracies (Hendrycks et al., 2021, sec. 4), averaged over the n samples:
+    ``test_case_average`` = mean share of a problem's test cases passed, ``strict_accuracy`` =
+    share of problems whose every case passed. Empty when no task has test cases."""
+    per_task = []
+    for r in results:
+        samples = [s for s in r["samples"] if "cases" in s]
+        if samples:
+            per_task.append((sum(s["cases_passed"] / max(1, s["cases"]) for s in samples)
+                             / len(samples),
+                             sum(s["cases_passed"] == s["cases"] for s in samples) / len(samples)))
+    if not per_task:
+        return {}
+    return {"test_case_average": sum(a for a, _ in per_task) / len(per_task),
+            "strict_accuracy": sum(b for _, b in per_task) / len(per_task)}
 
 
 def summarize(run: ModelRun, spec: EvalModelConfig, benchmark: Benchmark,
@@ -254,6 +282,7 @@ def summarize(run: ModelRun, spec: EvalModelConfig, benchmark: Benchmark,
             exec_seconds += float(s.get("duration") or 0)
     tokens = 0
     seconds = 0.0
+    case_metrics = _case_metrics(results)
     for r in results:
         for row in generated.get(r["task_id"], {}).values():
             tokens += int(row.get("tokens") or 0)
@@ -264,6 +293,7 @@ def summarize(run: ModelRun, spec: EvalModelConfig, benchmark: Benchmark,
         "num_tasks": len(results), "n": int(settings.n), "ks": sorted(set(int(k) for k in ks)),
         **passk,
         "pass_at_k": passk,
+        **case_metrics,
         "passed_tasks": sum(1 for r in results if r["c"] > 0),
         "failed_task_ids": [r["task_id"] for r in results if r["c"] == 0][:1000],
         "outcomes": dict(outcomes),

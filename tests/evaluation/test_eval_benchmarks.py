@@ -143,4 +143,4 @@ def test_select_and_config(mbpp_path):
     with pytest.raises(KeyError, match="benchmark.task_ids"):
         load_benchmark({"kind": "humaneval", "task_ids": ["HumanEval/999"]})
     with pytest.raises(ValueError, match="benchmark.kind"):
-        load_benchmark({"kind": "apps"})
+        load_benchmark({"kind": "leetcode"})

@@ -19,7 +19,7 @@ def test_every_eval_preset_composes(eval_cfg, path):
     group = str(path.parent.relative_to(CONF_DIR))
     prefix = "+" if group == "eval/compare" else ""
     cfg = eval_cfg(f"{prefix}{group}={path.stem}")
-    assert cfg.benchmark.kind in ("humaneval", "mbpp", "jsonl")
+    assert cfg.benchmark.kind in ("humaneval", "mbpp", "jsonl", "apps")
     assert cfg.generation.n >= 1 and cfg.sandbox.timeout > 0
 
 

@@ -20,17 +20,9 @@ combiner, times ``T^2`` when the component scales by it). Masked tokens are neve
 NaN or inf in a masked teacher row cannot leak in; a fully masked batch gives exactly 0 and a
 zero gradient.
 
-Kernels map one chunk of float32 student logits ``s (n, V)`` (owned by the kernel; it may modify
-it in place) and the matching teacher rows to ``(values (n,), dvalues/ds (n, V) or None)``. With
-``a = s / T``, ``q = softmax(a)``, ``p = softmax(t / T)`` and ``d/ds = (d/da) / T``:
-
-* forward KL ``sum p (log p - log q)``: ``d/da = q - p``.
-* reverse KL ``R = sum q (log q - log p)``: ``d/da = q * (log q - log p - R)``
-  (from ``dq_v/da_j = q_v ([v = j] - q_j)``).
-* generalised JSD with ``m = beta p + (1 - beta) q``: ``dJ/dq_v = (1 - beta)(log q_v - log m_v)``
-  (the ``p/m`` and ``q/m`` terms cancel), so with ``g = (1 - beta)(log q - log m)``:
-  ``d/da = q * (g - sum_v q_v g_v)``. ``beta = 0`` / ``1`` are forward / reverse KL (TRL).
-* cross-entropy ``-log softmax(s)_y``: ``d/ds = softmax(s) - onehot(y)`` (no temperature).
+The kernels and the autograd Function live in :mod:`distill.losses.kernels` (the maths of each
+kernel is written there); this module holds the row fetchers, the chunked functions and the
+components.
 
 Every kernel is checked against autograd through :mod:`distill.losses.functional` in
 ``tests/losses/test_chunked.py``.
@@ -38,140 +30,16 @@ Every kernel is checked against autograd through :mod:`distill.losses.functional
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
 from functools import partial
-from typing import Any
 
 import torch
 
 from distill.losses import sparse as SP
+from distill.losses.kernels import (DEFAULT_CHUNK_ELEMENTS, ChunkedLoss, Index, Kernel, RowFetch,  # noqa: F401
+                                    cross_entropy_kernel, forward_kl_kernel, jsd_kernel, reverse_kl_kernel,
+                                    rows_per_chunk, token_index)
 from distill.losses.components import CrossEntropy, ForwardKL, GeneralizedJSD, LossInputs, ReverseKL
 from distill.types import TeacherKind, TeacherOutput
-
-_FMIN = torch.finfo(torch.float32).min
-
-#: Default chunk: about this many float32 elements per ``(rows, V)`` buffer (64 MiB); a kernel
-#: holds at most four such buffers at once (plus a transient one inside ``logsumexp``).
-#: 110 rows at V = 152k, 524 at 32k, 8192 at 2k.
-DEFAULT_CHUNK_ELEMENTS = 1 << 24
-
-Index = tuple[torch.Tensor, ...]
-Kernel = Callable[[torch.Tensor, Any, bool], tuple[torch.Tensor, torch.Tensor | None]]
-RowFetch = Callable[[Index], Any]
-
-
-def rows_per_chunk(vocab_size: int, chunk_size: int | None = None) -> int:
-    """Tokens per chunk: ``chunk_size`` if given, else about ``DEFAULT_CHUNK_ELEMENTS / V``."""
-    if chunk_size is not None:
-        if chunk_size < 1:
-            raise ValueError(f"chunk_size must be >= 1 or null, got {chunk_size}")
-        return int(chunk_size)
-    return max(1, DEFAULT_CHUNK_ELEMENTS // max(1, vocab_size))
-
-
-# ----------------------------------------------------------------------------- kernels
-def _log_softmax_(x: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """``log_softmax(x / T)`` **in place** on an owned float32 chunk.
-
-    In place because the caller's argument reference keeps ``x`` alive during the kernel: a new
-    buffer would be one more ``(n, V)`` tensor at the peak. Clamped as
-    :func:`functional.log_probs` is, so ``0 * log 0`` stays finite for ``-inf`` logits.
-    """
-    if temperature != 1.0:
-        x.div_(temperature)
-    x.sub_(torch.logsumexp(x, dim=-1, keepdim=True))
-    return x.clamp_min_(_FMIN)
-
-
-def _rowdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``sum_v a[n, v] * b[n, v]`` without an ``(n, V)`` temporary (a batched GEMV)."""
-    return torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).view(-1)
-
-
-def forward_kl_kernel(s: torch.Tensor, t: torch.Tensor, need_grad: bool,
-                      temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Forward KL ``KL(p || q)`` of one chunk: value ``(n,)`` and ``d/ds = (q - p) / T``."""
-    ls = _log_softmax_(s, temperature)
-    lt = _log_softmax_(t, temperature)
-    p = lt.exp()
-    value = _rowdot(p, lt.sub_(ls))  # lt is not needed after this
-    del lt
-    if not need_grad:
-        return value, None
-    grad = ls.exp_().sub_(p)
-    if temperature != 1.0:
-        grad.div_(temperature)
-    return value, grad
-
-
-def reverse_kl_kernel(s: torch.Tensor, t: torch.Tensor, need_grad: bool,
-                      temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Reverse KL ``R = KL(q || p)`` of one chunk: value and ``d/ds = q (log q - log p - R) / T``."""
-    ls = _log_softmax_(s, temperature)
-    lt = _log_softmax_(t, temperature)
-    q = ls.exp()
-    d = ls.sub_(lt)  # log q - log p, in place of log q
-    del lt
-    value = _rowdot(q, d)
-    if not need_grad:
-        return value, None
-    grad = d.sub_(value.unsqueeze(1)).mul_(q)
-    if temperature != 1.0:
-        grad.div_(temperature)
-    return value, grad
-
-
-def jsd_kernel(s: torch.Tensor, t: torch.Tensor, need_grad: bool, temperature: float = 1.0,
-               beta: float = 0.5) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Generalised JSD of one chunk (``beta = 0`` forward KL, ``beta = 1`` reverse KL, as TRL).
-
-    ``J = beta KL(p || m) + (1 - beta) KL(q || m)``, ``m = beta p + (1 - beta) q``;
-    ``d/ds = q (g - sum q g) / T`` with ``g = (1 - beta)(log q - log m)``.
-    """
-    if beta == 0.0:
-        return forward_kl_kernel(s, t, need_grad, temperature)
-    if beta == 1.0:
-        return reverse_kl_kernel(s, t, need_grad, temperature)
-    ls = _log_softmax_(s, temperature)
-    lt = _log_softmax_(t, temperature)
-    lm = ls + math.log(1.0 - beta)
-    tmp = lt + math.log(beta)
-    torch.logaddexp(lm, tmp, out=lm)  # log m; buffers reused so at most 4 (n, V) are alive
-    torch.sub(lt, lm, out=tmp)
-    value = beta * _rowdot(lt.exp_(), tmp)  # lt now holds p
-    del lt
-    torch.sub(ls, lm, out=tmp)  # log q - log m
-    del lm
-    q = ls.exp_()  # ls now holds q
-    value = value + (1.0 - beta) * _rowdot(q, tmp)
-    if not need_grad:
-        return value, None
-    g = tmp.mul_(1.0 - beta)
-    grad = g.sub_(_rowdot(q, g).unsqueeze(1)).mul_(q)
-    if temperature != 1.0:
-        grad.div_(temperature)
-    return value, grad
-
-
-def cross_entropy_kernel(s: torch.Tensor, labels: torch.Tensor, need_grad: bool,
-                         temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Hard-label CE of one chunk: ``-log softmax(s)_y`` and ``softmax(s) - onehot(y)``.
-
-    ``temperature`` is ignored (the plain :class:`CrossEntropy` does not use it). Rows labelled
-    ``-100`` give value 0 and gradient 0 (callers normally never pass them).
-    """
-    valid = labels != -100
-    y = labels.clamp_min(0).long().unsqueeze(1)
-    ls = _log_softmax_(s)
-    value = -ls.gather(1, y).squeeze(1) * valid
-    if not need_grad:
-        return value, None
-    grad = ls.exp_()
-    grad.scatter_add_(1, y, torch.full_like(y, -1.0, dtype=grad.dtype))
-    grad.mul_(valid.unsqueeze(1))
-    return value, grad
-
 
 def divergence_kernel(divergence: str, teacher_kind: str = "full", temperature: float = 1.0,
                       beta: float = 0.5, sampled: bool = False) -> Kernel:
@@ -228,54 +96,7 @@ def teacher_rows(teacher: TeacherOutput, vocab_size: int | None = None) -> RowFe
     raise ValueError("this loss needs teacher logits or a sparse teacher cache, but the teacher has none")
 
 
-# ----------------------------------------------------------------------------- the autograd Function
-def token_index(token_weights: torch.Tensor) -> Index:
-    """Index tuple of the tokens with a non-zero weight (masked tokens are never computed)."""
-    return torch.nonzero(token_weights, as_tuple=True)
-
-
-def _take(idx: Index, a: int, b: int) -> Index:
-    return tuple(i[a:b] for i in idx)
-
-
-class _ChunkedLoss(torch.autograd.Function):
-    """``sum_tokens w * kernel(student_row, teacher_row)`` with the gradient formed chunk by chunk.
-
-    Forward stores the finished gradient (in the logits' dtype) on ``ctx``; backward hands it over
-    (scaled by ``grad_output``) and drops its own reference, so nothing else is kept. Calling
-    backward twice through the same graph (``retain_graph=True``) is not supported.
-    """
-
-    @staticmethod
-    def forward(ctx, student_logits: torch.Tensor, token_weights: torch.Tensor, kernel: Kernel,
-                fetch: RowFetch, rows: int, need_grad: bool) -> torch.Tensor:
-        idx = token_index(token_weights)
-        n = idx[0].numel()
-        total = torch.zeros((), dtype=torch.float32, device=student_logits.device)
-        grad = torch.zeros_like(student_logits) if need_grad else None
-        for a in range(0, n, rows):
-            ic = _take(idx, a, a + rows)
-            # student_logits[ic] is a fresh copy (advanced indexing): the kernel may overwrite it.
-            value, g = kernel(student_logits[ic].float(), fetch(ic), need_grad)
-            w = token_weights[ic].float()
-            total += (w * value).sum()
-            if need_grad:
-                grad[ic] = g.mul_(w.unsqueeze(1)).to(grad.dtype)
-            del value, g
-        ctx.grad = grad
-        return total
-
-    @staticmethod
-    def backward(ctx, grad_output: torch.Tensor):
-        grad, ctx.grad = ctx.grad, None
-        if grad is None:
-            raise RuntimeError("a chunked loss was back-propagated twice (retain_graph=True) or built "
-                               "without gradients; this is not supported")
-        if bool(grad_output != 1.0):
-            grad.mul_(grad_output.to(grad.dtype))
-        return grad, None, None, None, None, None
-
-
+# ----------------------------------------------------------------------------- chunked losses
 def chunked_loss(student_logits: torch.Tensor, token_weights: torch.Tensor, kernel: Kernel, fetch: RowFetch,
                  chunk_size: int | None = None) -> torch.Tensor:
     """Generic chunked loss ``sum_{tokens} token_weights * kernel(...)``.
@@ -295,7 +116,7 @@ def chunked_loss(student_logits: torch.Tensor, token_weights: torch.Tensor, kern
                          f"{tuple(token_weights.shape)}")
     need_grad = torch.is_grad_enabled() and student_logits.requires_grad
     rows = rows_per_chunk(student_logits.shape[-1], chunk_size)
-    return _ChunkedLoss.apply(student_logits, token_weights.detach(), kernel, fetch, rows, need_grad)
+    return ChunkedLoss.apply(student_logits, token_weights.detach(), kernel, fetch, rows, need_grad)
 
 
 def chunked_forward_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, token_weights: torch.Tensor,

@@ -40,6 +40,7 @@ import warnings
 import torch
 
 from distill.losses import chunked as CH
+from distill.losses.kernels import FusedLinearLoss
 from distill.losses.components import (STUDENT_LAST_HIDDEN, TEACHER_LAST_HIDDEN, TEACHER_LOGITS, CrossEntropy,
                                        ForwardKL, GeneralizedJSD, LossInputs, ReverseKL)
 from distill.types import StudentOutput, TeacherKind, TeacherOutput
@@ -80,54 +81,7 @@ def _teacher_vocab(teacher: TeacherOutput | None) -> int | None:
     return None
 
 
-# ----------------------------------------------------------------------------- the autograd Function
-class _FusedLinearLoss(torch.autograd.Function):
-    """``sum_tokens w * kernel(h W^T, teacher)`` with ``dL/dh`` and ``dL/dW`` formed chunk by chunk.
-
-    Forward keeps only the two finished gradients (``(N, D)`` and ``(V, D)``) on ``ctx``; backward
-    hands them over scaled by ``grad_output``. Double backward / ``retain_graph`` is unsupported.
-    """
-
-    @staticmethod
-    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, token_weights: torch.Tensor, kernel: CH.Kernel,
-                fetch: CH.RowFetch, rows: int, need_h: bool, need_w: bool) -> torch.Tensor:
-        idx = CH.token_index(token_weights)
-        n = idx[0].numel()
-        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-        grad_h = torch.zeros_like(hidden) if need_h else None
-        # float32 accumulator: summing many bf16 chunk products would lose the small ones.
-        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
-        need = need_h or need_w
-        wt = weight.T
-        for a in range(0, n, rows):
-            ic = CH._take(idx, a, a + rows)
-            h = hidden[ic].to(weight.dtype)
-            # Logits in the model dtype (as the plain head computes them), then float32.
-            value, g = kernel((h @ wt).float(), fetch(ic), need)
-            w = token_weights[ic].float()
-            total += (w * value).sum()
-            if need:
-                g.mul_(w.unsqueeze(1))
-                if need_h:
-                    grad_h[ic] = (g.to(weight.dtype) @ weight).to(hidden.dtype)
-                if need_w:
-                    grad_w.addmm_(g.T, h.float())
-            del value, g, h
-        ctx.grads = (grad_h, grad_w.to(weight.dtype) if grad_w is not None else None)
-        return total
-
-    @staticmethod
-    def backward(ctx, grad_output: torch.Tensor):
-        grads, ctx.grads = ctx.grads, None
-        if grads is None:
-            raise RuntimeError("a fused loss was back-propagated twice (retain_graph=True); not supported")
-        grad_h, grad_w = grads
-        if bool(grad_output != 1.0):
-            grad_h = grad_h.mul_(grad_output.to(grad_h.dtype)) if grad_h is not None else None
-            grad_w = grad_w.mul_(grad_output.to(grad_w.dtype)) if grad_w is not None else None
-        return grad_h, grad_w, None, None, None, None, None, None
-
-
+# ----------------------------------------------------------------------------- fused losses
 def fused_linear_loss(hidden: torch.Tensor, weight: torch.Tensor, token_weights: torch.Tensor, kernel: CH.Kernel,
                       fetch: CH.RowFetch, chunk_size: int | None = None) -> torch.Tensor:
     """Generic fused loss ``sum_{tokens} token_weights * kernel(hidden W^T, teacher rows)``.
@@ -151,7 +105,7 @@ def fused_linear_loss(hidden: torch.Tensor, weight: torch.Tensor, token_weights:
     grad_on = torch.is_grad_enabled()
     need_h, need_w = grad_on and hidden.requires_grad, grad_on and weight.requires_grad
     rows = CH.rows_per_chunk(weight.shape[0], chunk_size)
-    return _FusedLinearLoss.apply(hidden, weight, token_weights.detach(), kernel, fetch, rows, need_h, need_w)
+    return FusedLinearLoss.apply(hidden, weight, token_weights.detach(), kernel, fetch, rows, need_h, need_w)
 
 
 def fused_linear_divergence(hidden: torch.Tensor, weight: torch.Tensor, teacher: TeacherOutput | torch.Tensor |

@@ -58,9 +58,9 @@ import torch.nn.functional as F
 
 from distill.losses import functional as LF
 from distill.losses.components import ForwardKL, GeneralizedJSD, LossInputs, ReverseKL
+from distill.losses.kernels import FMIN as _FMIN  # one copy of the float32 floor (kernels.py)
+from distill.losses.kernels import log_softmax_ as _log_softmax_
 from distill.types import TeacherKind, TeacherOutput
-
-_FMIN = torch.finfo(torch.float32).min
 # Reverse KL puts teacher log-probabilities in the denominator: a tail bucket the teacher gives
 # (numerically) zero mass would make the divergence infinite. Teacher buckets are floored here.
 REVERSE_KL_MIN_LOG_PROB = math.log(1e-12)
@@ -315,14 +315,6 @@ def sparse_generalized_jsd(student_logits: torch.Tensor, topk_ids: torch.Tensor,
 # ----------------------------------------------------------------------------- chunk kernels
 # A kernel maps one chunk of fp32 student logits ``s (n, V)`` (owned by the kernel: it may be
 # modified in place) and the matching teacher rows to ``(values (n,), d values / d s (n, V) or None)``.
-
-def _log_softmax_(x: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """In-place, clamped ``log_softmax(x / T)`` of an owned float32 chunk (see ``chunked``)."""
-    if temperature != 1.0:
-        x.div_(temperature)
-    x.sub_(torch.logsumexp(x, dim=-1, keepdim=True))
-    return x.clamp_min_(_FMIN)
-
 
 def sparse_forward_kl_kernel(s: torch.Tensor, teacher: tuple[torch.Tensor, ...], need_grad: bool,
                              temperature: float = 1.0,

@@ -8,6 +8,12 @@ count instead of each micro-batch's makes the loss and its gradient independent 
 is split into micro-batches, the bug that mean-per-micro-batch reduction has (see the HF blog
 "Fixing Gradient Accumulation", 2024). ``N_step`` is clamped to at least 1, so a fully masked
 step gives exactly 0 and no NaN, for every component.
+
+Token weighting (:mod:`distill.losses.weighting`) is applied here too, so that it works the
+same for every component: the weighted components' per-token values are multiplied by the
+strategy's detached weight ``w[b, t]`` before that sum (chunked / fused components get
+``w * mask / N_step`` as their ``token_weights``). ``N_step`` stays the token count, so weights
+keep the loss independent of the micro-batch split.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from torch import nn
 from distill.losses.components import (TEACHER_ATTN, TEACHER_HIDDEN, TEACHER_LAST_HIDDEN, TEACHER_LOGITS,
                                        LossComponent, LossInputs)
 from distill.losses.schedules import Schedule, as_schedule
+from distill.losses.weighting import TokenWeighting
 from distill.types import TEACHER_NEEDS, ModelInfo, StudentOutput, TeacherKind, TeacherOutput
 
 log = logging.getLogger(__name__)
@@ -35,10 +42,15 @@ class DistillationLoss(nn.Module):
             weight; a weight for an unknown component is an error (typos fail loudly).
         temperature: number or schedule for the softmax temperature of logit components (e.g.
             ``Linear(4, 1, steps)`` anneals 4 -> 1).
+        token_weighting: a :class:`~distill.losses.weighting.TokenWeighting` (teacher confidence,
+            entropy selection, difficulty focus), or None (every token counts 1).
+        weighted: names of the components the token weights apply to; None = every component that
+            reads the teacher's logits (the distillation terms; a hard-label CE keeps all tokens).
     """
 
     def __init__(self, components: Mapping[str, LossComponent], weights: Mapping[str, float | Schedule],
-                 temperature: float | Schedule = 1.0):
+                 temperature: float | Schedule = 1.0, token_weighting: TokenWeighting | None = None,
+                 weighted: list[str] | None = None):
         super().__init__()
         if not components:
             raise ValueError("loss.components is empty: name at least one component (e.g. loss=kd or loss=ce)")
@@ -60,11 +72,24 @@ class DistillationLoss(nn.Module):
         t0 = self.temperature(0)
         if t0 <= 0:
             raise ValueError(f"loss.temperature must be > 0, got {t0}")
+        if token_weighting is not None and not isinstance(token_weighting, TokenWeighting):
+            raise TypeError(f"loss.token_weighting is a {type(token_weighting).__name__}, not a "
+                            "distill.losses.weighting.TokenWeighting")
+        self.token_weighting = token_weighting
+        if weighted is None:
+            weighted = [n for n, c in components.items() if TEACHER_LOGITS in c.needs]
+        unknown = sorted(set(weighted) - set(components))
+        if unknown:
+            raise ValueError(f"loss.weighted names {unknown}, which are not in loss.components {sorted(components)}")
+        if token_weighting is not None and not weighted:
+            raise ValueError("loss.token_weighting is set but no component is weighted: name them in loss.weighted")
+        self.weighted = frozenset(weighted) if token_weighting is not None else frozenset()
 
     @property
     def needs(self) -> frozenset[str]:
         """Union of what the components read (drives which outputs the models compute)."""
-        return frozenset().union(*(c.needs for c in self.components.values()))
+        needs = frozenset().union(*(c.needs for c in self.components.values()))
+        return needs | (self.token_weighting.needs if self.token_weighting is not None else frozenset())
 
     @property
     def teacher_needs(self) -> frozenset[str]:
@@ -77,6 +102,8 @@ class DistillationLoss(nn.Module):
         """
         needs = self.needs & TEACHER_NEEDS
         readers = [c for c in self.components.values() if TEACHER_LOGITS in c.needs]
+        if self.token_weighting is not None and TEACHER_LOGITS in self.token_weighting.needs:
+            readers.append(self.token_weighting)
         if readers and all(TEACHER_LAST_HIDDEN in c.needs for c in readers):
             return needs - {TEACHER_LOGITS}
         return needs - {TEACHER_LAST_HIDDEN}
@@ -90,7 +117,11 @@ class DistillationLoss(nn.Module):
         for name, comp in self.components.items():
             if teacher_kind not in comp.teacher_kinds:
                 hint = ("Choose another teacher (teacher=...) or drop the component from the loss config.")
-                if teacher_kind == TeacherKind.SPARSE:
+                if not comp.shared_vocabulary:
+                    hint = ("It needs the teacher's full distribution over the teacher's own vocabulary: use an "
+                            "online teacher (teacher=cross_tokenizer when the tokenizers differ); a cached teacher "
+                            "stores only a top-k support.")
+                elif teacher_kind == TeacherKind.SPARSE:
                     # The usual slip: teacher=cached with the default loss=kd (full-logit ForwardKL).
                     hint = ("A cached teacher holds top-k log-probs: use loss=kd_chunked or loss=kd_fused, or the "
                             "sparse-capable components in distill.losses.sparse (SparseForwardKL, SparseReverseKL, "
@@ -102,6 +133,8 @@ class DistillationLoss(nn.Module):
                 comp.configure(student, teacher)
             except ValueError as e:
                 raise ValueError(f"loss component '{name}': {e}") from e
+        if self.token_weighting is not None:
+            self.token_weighting.configure(student, teacher, teacher_kind)
 
     def forward(self, student: StudentOutput, teacher: TeacherOutput, targets: torch.Tensor, step: int,
                 num_tokens: int | torch.Tensor | None = None,
@@ -134,14 +167,26 @@ class DistillationLoss(nn.Module):
                             temperature=temperature, step=step, token_weights=mask.float() / denom)
         total = torch.zeros((), dtype=torch.float32, device=targets.device)
         logs: dict[str, float] = {}
+        tokens = None
+        if self.token_weighting is not None:
+            with torch.no_grad():
+                tokens = torch.where(mask, self.token_weighting(inputs).float(), 0.0)
+            # sums over the step's micro-batches give the step's mean weight and kept fraction
+            logs["tw_mean"] = tokens.sum() / denom
+            logs["tw_kept"] = (tokens > 0).sum() / denom
+            weighted_inputs = LossInputs(student=student, teacher=teacher, targets=targets, mask=mask,
+                                         temperature=temperature, step=step, token_weights=tokens / denom)
         for name, comp in self.components.items():
             weight = self.weights[name](step)
             logs[f"w_{name}"] = weight
             if weight == 0.0 and not measure_unweighted:
                 continue
+            scaled = name in self.weighted
             # A component switched off by its schedule is still measured, without building a graph.
             with torch.set_grad_enabled(torch.is_grad_enabled() and weight != 0.0):
-                values = comp(inputs)
+                values = comp(weighted_inputs if scaled else inputs)
+                if values.dim() and scaled:
+                    values = values * tokens
                 # torch.where (not multiply) so a NaN/inf at a masked position cannot leak in.
                 value = torch.where(mask, values, 0.0).sum() / denom if values.dim() else values
             if weight != 0.0:
@@ -149,4 +194,25 @@ class DistillationLoss(nn.Module):
             logs[name] = value.detach()
         if self.uses_temperature:
             logs["temperature"] = temperature
+        logs.update(teacher_member_logs(student, teacher, mask, denom))
         return total, logs
+
+
+def teacher_member_logs(student: StudentOutput, teacher: TeacherOutput, mask: torch.Tensor,
+                        denom: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-member logs of a multi-teacher output (:mod:`distill.teachers.ensemble`), as step shares.
+
+    ``agree_<name>``: the fraction of the step's tokens where the student's argmax equals that
+    teacher's (needs the student's logits); ``picked_<name>``: the fraction where that teacher was
+    the one selected (selection modes). Both are ``sum / N_step`` per micro-batch, so they add up
+    over a step's micro-batches to the step's fractions.
+    """
+    logs: dict[str, torch.Tensor] = {}
+    top1 = getattr(teacher, "member_top1", None)
+    if top1 and student.logits is not None:
+        mine = student.logits.detach().argmax(-1)
+        for name, ids in top1.items():
+            logs[f"agree_{name}"] = ((mine == ids) & mask).sum() / denom
+    for name, picked in (getattr(teacher, "member_picked", None) or {}).items():
+        logs[f"picked_{name}"] = torch.where(mask, picked.float(), 0.0).sum() / denom
+    return logs

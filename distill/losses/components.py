@@ -66,11 +66,14 @@ class LossComponent(nn.Module):
             checked before training so a mismatch fails early with a clear message. Plain strings
             are accepted and checked when the class is defined (a typo is a ``TypeError``).
         uses_temperature: whether the combiner's temperature applies (logged only then).
+        shared_vocabulary: whether the component compares student and teacher id by id, so both need
+            one tokenizer (True for every logit loss except ULD, which compares sorted distributions).
     """
 
     needs: ClassVar[frozenset[Need]] = frozenset()
     teacher_kinds: ClassVar[frozenset[TeacherKind]] = frozenset(TeacherKind)
     uses_temperature: ClassVar[bool] = False
+    shared_vocabulary: ClassVar[bool] = True
 
     def __init_subclass__(cls, **kwargs):
         # A misspelt need or teacher kind would otherwise be a silent set miss (the models are

@@ -167,6 +167,27 @@ def _fetch(teacher: TeacherOutput, vocab: int) -> CH.RowFetch:
     return CH.teacher_rows(teacher, vocab)
 
 
+def fused_kernel_loss(inputs: LossInputs, kernel: CH.Kernel, weights: torch.Tensor, chunk_size: int | None,
+                      owner: str) -> torch.Tensor:
+    """``sum w * kernel(...)`` for a full teacher: on the student's logits when it has them (chunked),
+    else from its hidden states and head (fused). The teacher may be logits or hidden states + head.
+
+    The generic path for divergences without a Liger kernel (:mod:`distill.losses.methods`).
+    """
+    student, teacher = inputs.student, inputs.teacher
+    if _teacher_head(teacher) is None and teacher.logits is None:
+        raise ValueError(f"{owner} needs a full teacher (logits, or hidden states and head); got a "
+                         f"'{teacher.kind}' teacher")
+    if student.logits is not None:
+        logits = student.logits
+        return CH.chunked_loss(logits, weights, kernel, _fetch(teacher, logits.shape[-1]), chunk_size)
+    _require_head(student, owner)
+    w = student.lm_head_weight
+    vocab = min(w.shape[0], _teacher_vocab(teacher) or w.shape[0])
+    return fused_linear_loss(student.last_hidden, _head_rows(w, vocab), weights, kernel, _fetch(teacher, vocab),
+                             chunk_size)
+
+
 # ----------------------------------------------------------------------------- Liger (GPU, optional)
 _LIGER_FAILED = False
 

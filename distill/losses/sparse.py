@@ -54,7 +54,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
 from distill.losses import functional as LF
 from distill.losses.components import ForwardKL, GeneralizedJSD, LossInputs, ReverseKL
@@ -64,92 +63,6 @@ from distill.types import TeacherKind, TeacherOutput
 # Reverse KL puts teacher log-probabilities in the denominator: a tail bucket the teacher gives
 # (numerically) zero mass would make the divergence infinite. Teacher buckets are floored here.
 REVERSE_KL_MIN_LOG_PROB = math.log(1e-12)
-
-
-# ----------------------------------------------------------------------------- cache writers
-def _rows(x: torch.Tensor) -> torch.Tensor:
-    return x.reshape(-1, x.shape[-1])
-
-
-@torch.no_grad()
-def topk_from_logits(logits: torch.Tensor, k: int, chunk_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-k cache entries from full teacher logits.
-
-    Args:
-        logits: ``(..., V)`` teacher logits (any float dtype).
-        k: entries per token, ``1 <= k <= V``.
-        chunk_size: rows processed at once (bounds the fp32 ``log_softmax`` copy).
-
-    Returns:
-        ``(topk_ids, topk_logprobs)``, both ``(..., k)``: int64 ids of the ``k`` most likely
-        tokens (unique, most likely first) and their float32 log-probabilities at ``T = 1``,
-        ``log softmax(z)_v``. The tail mass ``1 - sum exp(topk_logprobs)`` is implied.
-    """
-    v = logits.shape[-1]
-    if not 1 <= k <= v:
-        raise ValueError(f"topk_from_logits: k must be in [1, {v}], got {k}")
-    flat = _rows(logits)
-    ids = torch.empty(flat.shape[0], k, dtype=torch.long, device=logits.device)
-    lps = torch.empty(flat.shape[0], k, dtype=torch.float32, device=logits.device)
-    for a in range(0, flat.shape[0], chunk_size):
-        lp = F.log_softmax(flat[a:a + chunk_size].float(), dim=-1)
-        top = lp.topk(k, dim=-1)
-        ids[a:a + chunk_size], lps[a:a + chunk_size] = top.indices, top.values
-    return ids.reshape(*logits.shape[:-1], k), lps.reshape(*logits.shape[:-1], k)
-
-
-@torch.no_grad()
-def sample_from_logits(logits: torch.Tensor, k: int, generator: torch.Generator | None = None,
-                       proposal_temperature: float = 1.0,
-                       chunk_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
-    """Importance-sampled cache entries ("random-sampling KD", Anshumann et al., 2025).
-
-    Draws ``k`` ids i.i.d. per token from the proposal ``r = softmax(z / proposal_temperature)``
-    and aggregates duplicates: for each distinct id ``v`` the weight is
-    ``w_v = (count_v / k) * p(v) / r(v)`` with ``p = softmax(z)``, so ``E[w_v] = p(v)`` for every
-    ``v`` (unbiased). With the default proposal ``r = p`` the weights are ``count_v / k`` and sum to
-    exactly 1; a flatter proposal (``proposal_temperature > 1``) covers more of the tail, and its
-    weights sum to 1 only in expectation.
-
-    Args:
-        logits: ``(..., V)`` teacher logits.
-        k: number of draws per token (also the stored width ``K``).
-        generator: torch RNG for reproducible caches.
-        proposal_temperature: temperature of the proposal distribution.
-        chunk_size: rows processed at once.
-
-    Returns:
-        ``(ids, log_weights)``, both ``(..., k)``: distinct ids first (ascending), then padding
-        slots repeating the first id with weight 0 (``log_weights = -inf``). Store with
-        ``TeacherOutput(topk_ids=ids, topk_logprobs=log_weights, sampled=True)``.
-    """
-    if k < 1:
-        raise ValueError(f"sample_from_logits: k must be >= 1, got {k}")
-    if proposal_temperature <= 0:
-        raise ValueError(f"sample_from_logits: proposal_temperature must be > 0, got {proposal_temperature}")
-    flat = _rows(logits)
-    n = flat.shape[0]
-    ids_out = torch.empty(n, k, dtype=torch.long, device=logits.device)
-    logw_out = torch.empty(n, k, dtype=torch.float32, device=logits.device)
-    for a in range(0, n, chunk_size):
-        z = flat[a:a + chunk_size].float()
-        log_p = F.log_softmax(z, dim=-1)
-        log_r = log_p if proposal_temperature == 1.0 else F.log_softmax(z / proposal_temperature, dim=-1)
-        draws = torch.multinomial(log_r.exp(), k, replacement=True, generator=generator)
-        draws, _ = draws.sort(dim=-1)
-        # Group equal draws: group index = number of distinct values seen so far - 1.
-        new = torch.ones_like(draws, dtype=torch.bool)
-        new[:, 1:] = draws[:, 1:] != draws[:, :-1]
-        group = new.long().cumsum(-1) - 1
-        counts = torch.zeros(draws.shape, dtype=torch.float32, device=draws.device)
-        counts.scatter_add_(1, group, torch.ones_like(counts))
-        ids = draws[:, :1].expand_as(draws).clone()  # padding slots repeat a valid id
-        ids.scatter_(1, group, draws)  # every member of a group writes the same id
-        log_w = torch.log(counts / k)  # -inf on padding slots
-        if proposal_temperature != 1.0:
-            log_w = log_w + log_p.gather(1, ids) - log_r.gather(1, ids)
-        ids_out[a:a + chunk_size], logw_out[a:a + chunk_size] = ids, log_w
-    return ids_out.reshape(*logits.shape[:-1], k), logw_out.reshape(*logits.shape[:-1], k)
 
 
 # ----------------------------------------------------------------------------- bucket distributions

@@ -4,7 +4,8 @@ Use the same ``data=`` / ``student=`` overrides as the training runs that will r
 (the cache is aligned to their examples and tokenizer, and checked against them)::
 
     distill-cache-logits                                  # default teacher, top-64, train + val
-    distill-cache-logits cache.mode=sampled cache.k=64    # importance-sampled (random-sampling KD)
+    distill-cache-logits cache.mode=sampled cache.k=64    # importance-sampled (random-sampling KD): ~90 B/token
+    distill-cache-logits cache.encoding.compression=zstd  # smaller shards (pip install 'distill[cache]')
     distill-cache-logits cache.max_steps=600              # only the examples 600 steps will read
     distill-train experiment=stdlib_cached                # train from it (teacher=cached, loss=kd_chunked)
 
@@ -25,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from distill.teachers.cache import (CacheReader, CacheWriter, cache_split, data_fingerprint, select_visited,
                                     teacher_fingerprint, tokenizer_fingerprint)
-from distill.train import CONF_DIR, instantiate
+from distill.config import CONF_DIR, instantiate
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +71,12 @@ def cache_logits(cfg: DictConfig, max_shards: int | None = None) -> CacheReader 
     torch.manual_seed(cfg.seed)  # a teacher built from config (tests) gets the same weights on every rerun
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
+    # The parts of distill.build.build_checked a cache pass needs (it has no loss to check): the
+    # student's tokenizer (trained on the run's data where the student config says so) and the data.
     student = instantiate(cfg.student, "student")
-    tokenizer = load_tokenizer(student.tokenizer, student.tokenizer_build)
+    datamodule = instantiate(cfg.data, "data")
+    tokenizer = load_tokenizer(student.tokenizer, student.tokenizer_build, source=datamodule.source)
+    datamodule.connect(tokenizer)
     teacher = instantiate(cfg.teacher, "teacher")
     if not isinstance(teacher, HFTeacher):
         raise ValueError(f"distill-cache-logits: teacher must be a model to run (e.g. teacher=tiny_stdlib), got "
@@ -81,7 +86,6 @@ def cache_logits(cfg: DictConfig, max_shards: int | None = None) -> CacheReader 
     if info.vocab_size < vocab:
         raise ValueError(f"teacher has {info.vocab_size} output rows but the tokenizer {student.tokenizer!r} has "
                          f"{vocab} ids; cache with the student tokenizer the teacher was trained with")
-    datamodule = instantiate(cfg.data, "data").connect(tokenizer)
     teacher.prepare(datamodule)  # the default teacher is pretrained here on first use
     datamodule.setup("fit")
     teacher.load()
@@ -89,24 +93,25 @@ def cache_logits(cfg: DictConfig, max_shards: int | None = None) -> CacheReader 
     teacher.to(device)
     model = teacher.model
     choice = _teacher_choice(cfg)
-    common = dict(vocab_size=vocab, value_dtype=c.value_dtype, shard_size=int(c.shard_size), seed=int(c.seed),
+    encoding = dict(OmegaConf.to_container(c.encoding, resolve=True)) if c.get("encoding") else {}
+    common = dict(vocab_size=vocab, shard_size=int(c.shard_size), seed=int(c.seed),
                   overwrite=bool(c.overwrite), teacher=teacher_fingerprint(teacher.spec, model, choice),
                   tokenizer=tokenizer_fingerprint(tokenizer), extra={"overrides": _overrides()})
     writers = [CacheWriter(c.dir, mode=c.mode, k=int(c.k), proposal_temperature=float(c.proposal_temperature),
-                           **common)]
+                           encoding=encoding, **common)]
     # More caches from the same teacher pass (e.g. top-k and sampled side by side): the forward
     # is paid once, each extra cache costs only its encoding.
     for extra in c.get("also") or []:
         mode, k = extra["mode"], int(extra["k"])
         where = extra.get("dir") or str(Path(c.dir).parent / f"{choice or 'teacher'}-{mode}-k{k}")
-        writers.append(CacheWriter(where, mode=mode, k=k,
+        # Its own encoding: the fields it names, "auto" (the smallest for its mode) for the rest.
+        writers.append(CacheWriter(where, mode=mode, k=k, encoding=dict(extra.get("encoding") or {}),
                                    proposal_temperature=float(extra.get("proposal_temperature", 1.0)), **common))
-    splits = {"train": datamodule.train_set, "val": datamodule.val_set}
     rows = []
     for split in c.splits:
-        if split not in splits:
+        if split not in ("train", "val"):
             raise ValueError(f"cache.splits: unknown split {split!r}; use train and/or val")
-        examples = splits[split].examples
+        examples = datamodule.examples(split)
         selection = None
         if split == "train" and c.get("max_steps"):
             selection = select_visited(datamodule, int(c.max_steps))
@@ -120,8 +125,7 @@ def cache_logits(cfg: DictConfig, max_shards: int | None = None) -> CacheReader 
     readers = [CacheReader(w.path) for w in writers]
     for reader in readers:
         m = reader.manifest
-        print(f"\n=== teacher cache: {m['mode']}, k={m['k']}, {m['value_dtype']} values, int32 ids -> {reader.path}",
-              flush=True)
+        print(f"\n=== teacher cache: {m['mode']}, k={m['k']}, {reader.encoding} -> {reader.path}", flush=True)
         print(f"{'split':<7}{'examples':>10}{'tokens':>12}{'shards new/skipped':>20}{'seconds':>9}{'tok/s':>10}"
               f"{'MB':>9}{'B/token':>9}")
         for s in rows:

@@ -3,12 +3,14 @@
 The cache (:mod:`distill.teachers.cache`, written by ``distill-cache-logits``) holds per-token
 sparse teacher distributions keyed by example index. :meth:`CachedTeacher.prepare` checks that
 the cache matches the run (tokenizer, teacher, data: a mismatch is a
-:class:`~distill.teachers.cache.CacheMismatchError`, never a silent misalignment), then wraps the
-DataModule's datasets so that every example carries its cached rows and every batch carries::
+:class:`~distill.teachers.cache.CacheMismatchError`, never a silent misalignment), then adds a
+:class:`CachedRows` hook to the DataModule (its public seam,
+:meth:`~distill.data.datamodule.DistillDataModule.add_hook`), so that every example carries its
+cached rows and every batch carries::
 
-    teacher_topk_ids       (B, L, K) int32
-    teacher_topk_logprobs  (B, L, K) float16/bf16 (as stored)
-    teacher_tail           (B, L)    float32
+    teacher_topk_ids       (B, L, W) int32     W = k (top-k), or the batch's most distinct draws (sampled)
+    teacher_topk_logprobs  (B, L, W) float16/bf16 as stored, or float32 (q8 / count encodings)
+    teacher_tail           (B, L)    float32   (absent when the cache stores no tail: sampled caches)
 
 and :meth:`CachedTeacher.__call__` turns them into a sparse
 :class:`~distill.types.TeacherOutput`. Being in the batch, the rows move to the device
@@ -26,75 +28,73 @@ import math
 from pathlib import Path
 
 import torch
-from torch.utils.data import Dataset
 
-from distill.types import ModelInfo
 from distill.teachers.base import Teacher
 from distill.teachers.cache import (CacheMismatchError, CacheReader, SplitReader, data_fingerprint,
                                     tokenizer_fingerprint, weights_fingerprint)
-from distill.types import TeacherOutput
-from distill.types import TeacherKind
+from distill.types import ModelInfo, TeacherKind, TeacherOutput
 
 log = logging.getLogger(__name__)
 
 BATCH_KEYS = ("teacher_topk_ids", "teacher_topk_logprobs", "teacher_tail")
 
 
-def _examples(dataset) -> list[dict]:
-    """The example list behind a DataModule dataset (``ExampleDataset.examples``), or the dataset."""
-    return getattr(dataset, "examples", None) or [dataset[i] for i in range(len(dataset))]
+class CachedRows:
+    """The :class:`~distill.data.datamodule.BatchHook` of a cache: attaches each example's rows, pads them per batch.
 
-
-class CachedExamples(Dataset):
-    """A split's examples, each with its cached teacher rows attached (same index, same order)."""
-
-    def __init__(self, base: Dataset, rows: SplitReader):
-        if len(base) != len(rows):
-            raise CacheMismatchError(f"teacher cache {rows.path}: split {rows.split!r} has {len(rows)} cached examples "
-                                     f"but the data has {len(base)}")
-        self.base, self.rows = base, rows
-
-    def __len__(self) -> int:
-        return len(self.base)
-
-    def __getitem__(self, i: int) -> dict:
-        example = dict(self.base[i])
-        ids, values, tail = self.rows[i]
-        if ids.shape[0] != len(example["input_ids"]):
-            raise CacheMismatchError(f"teacher cache {self.rows.path}: example {i} of split {self.rows.split!r} has "
-                                     f"{ids.shape[0]} cached positions but {len(example['input_ids'])} tokens")
-        example["teacher_topk_ids"], example["teacher_topk_logprobs"], example["teacher_tail"] = ids, values, tail
-        return example
-
-
-class CachedCollate:
-    """Wraps the DataModule's collate: pads the cached rows to the batch length alongside it.
-
-    Padded positions (label -100, so never in a loss) get a valid dummy distribution (ids
-    ``0..K-1``, each of probability ``1 / (K + 1)``) so that no ``-inf``/NaN is ever computed there.
+    ``example`` adds ``teacher_topk_ids (L, W)``, ``teacher_topk_logprobs (L, W)`` and (when the
+    cache stores one) ``teacher_tail (L,)`` to the examples of the splits it has a reader for
+    (``W = k``, or a sampled example's most distinct draws). ``batch`` pads them to the batch:
+    positions beyond an example's length (label -100, so never in a loss) get a valid dummy
+    distribution (ids ``0..W-1``, each of probability ``1 / (W + 1)``) so that no ``-inf``/NaN is
+    ever computed there; slots beyond a token's own width repeat its first id with value ``-inf``
+    (weight 0), as the cache pads.
     """
 
-    def __init__(self, base, k: int):
-        self.base, self.k = base, k
+    def __init__(self, splits: dict[str, SplitReader]):
+        self.splits = splits
 
-    def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
-        batch = self.base(examples)
+    def example(self, split: str, index: int, example: dict) -> dict:
+        rows = self.splits.get(split)
+        if rows is None:
+            return example
+        ids, values, tail = rows[index]
+        if ids.shape[0] != len(example["input_ids"]):
+            raise CacheMismatchError(f"teacher cache {rows.path}: example {index} of split {split!r} has "
+                                     f"{ids.shape[0]} cached positions but {len(example['input_ids'])} tokens")
+        out = dict(example)  # the DataModule's own example stays as it is
+        out["teacher_topk_ids"], out["teacher_topk_logprobs"] = ids, values
+        if tail is not None:
+            out["teacher_tail"] = tail
+        return out
+
+    def batch(self, examples: list[dict], batch: dict) -> dict:
         if not examples or "teacher_topk_ids" not in examples[0]:
             return batch
         length = batch["input_ids"].shape[1]
-        k = self.k
         first = examples[0]
-        ids = torch.arange(k, dtype=first["teacher_topk_ids"].dtype).expand(len(examples), length, k).clone()
-        values = torch.full((len(examples), length, k), -math.log(k + 1), dtype=first["teacher_topk_logprobs"].dtype)
-        tail = torch.full((len(examples), length), 1.0 / (k + 1), dtype=torch.float32)
+        width = max(e["teacher_topk_ids"].shape[1] for e in examples)
+        n = len(examples)
+        ids = torch.arange(width, dtype=first["teacher_topk_ids"].dtype).expand(n, length, width).clone()
+        values = torch.full((n, length, width), -math.log(width + 1), dtype=first["teacher_topk_logprobs"].dtype)
+        with_tail = "teacher_tail" in first
+        tail = torch.full((n, length), 1.0 / (width + 1), dtype=torch.float32) if with_tail else None
         for i, e in enumerate(examples):
-            n = e["teacher_topk_ids"].shape[0]
-            ids[i, :n], values[i, :n], tail[i, :n] = e["teacher_topk_ids"], e["teacher_topk_logprobs"], e["teacher_tail"]
-        batch.update(teacher_topk_ids=ids, teacher_topk_logprobs=values, teacher_tail=tail)
+            e_ids, e_values = e["teacher_topk_ids"], e["teacher_topk_logprobs"]
+            rows, w = e_ids.shape
+            ids[i, :rows, :w], values[i, :rows, :w] = e_ids, e_values
+            if w < width:
+                ids[i, :rows, w:] = e_ids[:, :1]
+                values[i, :rows, w:] = -math.inf
+            if with_tail:
+                tail[i, :rows] = e["teacher_tail"]
+        batch.update(teacher_topk_ids=ids, teacher_topk_logprobs=values)
+        if with_tail:
+            batch["teacher_tail"] = tail
         return batch
 
 
-def renormalize(topk_logprobs: torch.Tensor, tail: torch.Tensor, sampled: bool,
+def renormalize(topk_logprobs: torch.Tensor, tail: torch.Tensor | None, sampled: bool,
                 proposal_temperature: float = 1.0) -> torch.Tensor:
     """Float32 log-probs whose head and tail sum to 1 despite the rounding of the stored values.
 
@@ -167,26 +167,20 @@ class CachedTeacher(Teacher):
         return None
 
     def prepare(self, datamodule) -> None:
-        """Check the cache against the run, then attach cached rows to the DataModule's examples."""
-        if getattr(datamodule, "_cached_teacher", None) is self:
+        """Check the cache against the run, then hook the cached rows into the DataModule's batches."""
+        if getattr(self, "_prepared_for", None) is datamodule:
             return
         reader = self.reader
-        # Another CachedTeacher prepared this DataModule before: start again from the plain data.
-        for name in ("train_set", "val_set"):
-            if isinstance(getattr(datamodule, name, None), CachedExamples):
-                setattr(datamodule, name, getattr(datamodule, name).base)
-        if isinstance(datamodule.__dict__.get("_collate"), CachedCollate):
-            del datamodule._collate
         reader.check_tokenizer(tokenizer_fingerprint(datamodule.tokenizer))
         teacher = reader.manifest["teacher"]
         if teacher.get("name_or_path") and not teacher.get("from_scratch"):
             reader.check_teacher(weights_fingerprint(teacher["name_or_path"]))
-        datamodule.setup("fit")
         seq_len, source = datamodule.seq_len, getattr(datamodule, "source", None)
         if "train" not in reader.manifest["splits"]:
             raise CacheMismatchError(f"teacher=cached: the cache at {self.path} has no train split; write it with "
                                      "distill-cache-logits cache.splits=[train,val]")
-        problems = reader.check_data("train", data_fingerprint(_examples(datamodule.train_set), seq_len, source, "train"))
+        train = datamodule.examples("train")
+        problems = reader.check_data("train", data_fingerprint(train, seq_len, source, "train"))
         if problems:
             raise reader.data_error("train", problems)
         sel = reader.manifest["splits"]["train"].get("selection") or {}
@@ -198,22 +192,28 @@ class CachedTeacher(Teacher):
                     f"teacher=cached: the cache at {self.path} holds the examples that runs with another batch order "
                     f"read ({'; '.join(wrong)}). Use those settings, or rewrite the cache with this run's data "
                     "settings (or with cache.max_steps=null: the whole split serves any order).")
-        datamodule.train_set = CachedExamples(datamodule.train_set, reader.split("train"))
+        splits = {"train": reader.split("train")}
+        if len(splits["train"]) != len(train):
+            raise CacheMismatchError(f"teacher cache {self.path}: split 'train' has {len(splits['train'])} cached "
+                                     f"examples but the data has {len(train)}")
         if "val" in reader.manifest["splits"]:
-            val_problems = reader.check_data("val", data_fingerprint(_examples(datamodule.val_set), seq_len, source,
+            val_problems = reader.check_data("val", data_fingerprint(datamodule.examples("val"), seq_len, source,
                                                                     "val"))
             if val_problems:
                 # Validation scores the student on its own; it only loses the teacher metrics.
                 log.warning("teacher=cached: the cached val split does not match this run's (%s); validation "
                             "runs without teacher metrics", "; ".join(val_problems))
             else:
-                datamodule.val_set = CachedExamples(datamodule.val_set, reader.split("val"))
-        # Instance attribute shadowing the method: the DataModule's loaders pick it up unchanged.
-        datamodule._collate = CachedCollate(datamodule._collate, reader.k)
-        datamodule._cached_teacher = self
+                splits["val"] = reader.split("val")
+        # A DataModule serves one teacher's rows: a hook left by another cached teacher (prepared
+        # on the same DataModule before) goes, or batches would carry two caches' fields.
+        for hook in [h for h in datamodule.hooks if isinstance(h, CachedRows)]:
+            datamodule.hooks.remove(hook)
+        datamodule.add_hook(CachedRows(splits))
+        self._prepared_for = datamodule
         self.prepared = True
-        log.info("teacher=cached: %s cache (k=%d, %d B/token) at %s", reader.mode, reader.k,
-                 reader.manifest["bytes_per_token"], self.path)
+        log.info("teacher=cached: %s cache (k=%d, %s, %.1f B/token on disk) at %s", reader.mode, reader.k,
+                 reader.encoding, reader.stored_bytes()[0] / max(reader.stored_bytes()[1], 1), self.path)
 
     def __call__(self, batch: dict, needs: frozenset[str]) -> TeacherOutput:
         if "teacher_topk_ids" not in batch:
@@ -222,7 +222,7 @@ class CachedTeacher(Teacher):
                            "outside the DataModule has no cached rows.")
         lp = batch["teacher_topk_logprobs"]
         if self.renormalize:
-            lp = renormalize(lp, batch["teacher_tail"], self.sampled,
+            lp = renormalize(lp, batch.get("teacher_tail"), self.sampled,
                              float(self.reader.manifest.get("proposal_temperature", 1.0)))
         else:
             lp = lp.float()

@@ -9,6 +9,7 @@ from distill.losses import functional as LF
 from distill.losses import sparse as SP
 from distill.losses.combine import DistillationLoss
 from distill.losses.components import CrossEntropy, ForwardKL, GeneralizedJSD, ReverseKL
+from distill.teachers.cache.encoding import topk_from_logits  # the cache writers
 from distill.types import StudentOutput, TeacherOutput
 
 B, L, D, DT, V = 2, 9, 16, 24, 41
@@ -140,7 +141,7 @@ def test_functional_api_grad_output_frozen_head_and_tied_weights():
 
 def test_fused_with_sparse_teacher_matches_plain_sparse():
     h, w, th, tw, y = tensors(4)
-    ids, lp = SP.topk_from_logits(th @ tw.T, 6)
+    ids, lp = topk_from_logits(th @ tw.T, 6)
     teacher = TeacherOutput(topk_ids=ids, topk_logprobs=lp)
     plain = DistillationLoss({"kd": SP.SparseForwardKL()}, {"kd": 1.0}, 2.0)
     fused = DistillationLoss({"kd": FU.FusedForwardKL(chunk_size=4)}, {"kd": 1.0}, 2.0)

@@ -10,6 +10,7 @@ from distill.losses import functional as LF
 from distill.losses import sparse as SP
 from distill.losses.combine import DistillationLoss
 from distill.losses.components import ForwardKL, ModelInfo
+from distill.teachers.cache.encoding import sample_from_logits, topk_from_logits  # the cache writers
 from distill.types import StudentOutput, TeacherOutput
 
 V = 40
@@ -22,7 +23,7 @@ def logits(seed, *shape, scale=2.0):
 # ----------------------------------------------------------------------------- cache writers
 def test_topk_from_logits_returns_the_most_likely_ids_and_their_log_probs():
     t = logits(0, 3, 5)
-    ids, lp = SP.topk_from_logits(t, 7, chunk_size=4)
+    ids, lp = topk_from_logits(t, 7, chunk_size=4)
     full = torch.log_softmax(t, -1)
     assert ids.shape == lp.shape == (3, 5, 7) and ids.dtype == torch.long
     torch.testing.assert_close(lp, full.gather(-1, ids))
@@ -33,7 +34,7 @@ def test_topk_from_logits_returns_the_most_likely_ids_and_their_log_probs():
 
 def test_sample_from_logits_aggregates_draws_into_unique_ids_with_weights():
     t = logits(1, 6, scale=3.0)
-    ids, lw = SP.sample_from_logits(t, 16, torch.Generator().manual_seed(0))
+    ids, lw = sample_from_logits(t, 16, torch.Generator().manual_seed(0))
     w = lw.exp()
     torch.testing.assert_close(w.sum(-1), torch.ones(6))  # counts / K
     for row_ids, row_w in zip(ids, w):
@@ -41,7 +42,7 @@ def test_sample_from_logits_aggregates_draws_into_unique_ids_with_weights():
         assert used.unique().numel() == used.numel()  # one slot per distinct id
         assert ((row_w * 16).round() == row_w * 16).all()  # multiples of 1/K
     # a flatter proposal gives importance weights p / r (sum to 1 only in expectation)
-    ids2, lw2 = SP.sample_from_logits(t, 16, torch.Generator().manual_seed(0), proposal_temperature=2.0)
+    ids2, lw2 = sample_from_logits(t, 16, torch.Generator().manual_seed(0), proposal_temperature=2.0)
     assert torch.isfinite(lw2[lw2 > -math.inf]).all() and not torch.allclose(lw2.exp().sum(-1), torch.ones(6))
 
 
@@ -49,7 +50,7 @@ def test_sample_from_logits_aggregates_draws_into_unique_ids_with_weights():
 @pytest.mark.parametrize("temperature", [1.0, 2.0])
 def test_full_support_equals_full_divergences(temperature):
     s, t = logits(2, 4, 3), logits(3, 4, 3)
-    ids, lp = SP.topk_from_logits(t, V)  # K = V: no tail bucket at all
+    ids, lp = topk_from_logits(t, V)  # K = V: no tail bucket at all
     for sparse_fn, full_fn in ((SP.sparse_forward_kl, LF.forward_kl), (SP.sparse_reverse_kl, LF.reverse_kl),
                                (lambda *a: SP.sparse_generalized_jsd(a[0], a[1], a[2], 0.3, a[3]),
                                 lambda a, b, T: LF.generalized_jsd(a, b, 0.3, T))):
@@ -65,7 +66,7 @@ def test_full_support_equals_full_divergences(temperature):
 def test_tail_bucket_is_one_extra_outcome():
     s, t = logits(4, 5), logits(5, 5)
     k = 6
-    ids, lp = SP.topk_from_logits(t, k)
+    ids, lp = topk_from_logits(t, k)
     p, q = torch.softmax(t, -1), torch.softmax(s, -1)
     in_sup = torch.zeros_like(p, dtype=torch.bool).scatter(-1, ids, True)
     # explicit (K + 1)-bucket distributions
@@ -89,7 +90,7 @@ def test_tail_bucket_is_one_extra_outcome():
 def test_stored_tail_mass_beats_the_one_derived_from_rounded_log_probs():
     """A cache stores log-probs in float16 and the tail exactly; the loss should use that tail."""
     s, t = logits(30, 64, scale=1.0), logits(31, 64, scale=3.0)
-    ids, lp = SP.topk_from_logits(t, 16)
+    ids, lp = topk_from_logits(t, 16)
     exact = SP.sparse_forward_kl(s, ids, lp)  # float32 values: derived tail accurate enough
     tail = (-torch.expm1(torch.logsumexp(t.double().gather(-1, ids), -1) - torch.logsumexp(t.double(), -1))).float()
     lp16 = lp.half()
@@ -115,7 +116,7 @@ def test_closed_form_kernel_matches_autograd_including_extreme_tails(temperature
     t[1, :] = -80.0
     t[1, 3] = 80.0  # teacher tail mass is exactly 0 in float32
     s[2, :5] = float("-inf")  # masked-out student ids
-    ids, lp = SP.topk_from_logits(t, 4)
+    ids, lp = topk_from_logits(t, 4)
     a = s.clone().requires_grad_()
     ref = SP.sparse_forward_kl(a, ids, lp, temperature)
     ref.sum().backward()
@@ -128,7 +129,7 @@ def test_closed_form_kernel_matches_autograd_including_extreme_tails(temperature
 # ----------------------------------------------------------------------------- sampled (unbiased)
 def _per_sample_grads(s, t, k, draws, seed, proposal_temperature=1.0):
     """Gradient of the sampled sparse KL w.r.t. the student logits, one row per independent cache."""
-    ids, lw = SP.sample_from_logits(t.expand(draws, V), k, torch.Generator().manual_seed(seed),
+    ids, lw = sample_from_logits(t.expand(draws, V), k, torch.Generator().manual_seed(seed),
                                     proposal_temperature=proposal_temperature)
     srep = s.expand(draws, V).clone().requires_grad_()
     SP.sparse_forward_kl(srep, ids, lw, sampled=True).sum().backward()
@@ -155,7 +156,7 @@ def test_sampled_estimator_is_unbiased_for_the_full_kl_gradient(proposal_tempera
     # The tolerance is not vacuous: it is small against the gradient itself ...
     assert (4.5 * se).max() < 0.15 * true.abs().max()
     # ... and a biased estimator (top-k renormalised on its support, no tail) fails it clearly.
-    ids, lp = SP.topk_from_logits(t, k)
+    ids, lp = topk_from_logits(t, k)
     b = s.clone().requires_grad_()
     lq = torch.log_softmax(b, -1).gather(-1, ids)
     (-(torch.softmax(lp, -1) * lq).sum()).backward()
@@ -164,7 +165,7 @@ def test_sampled_estimator_is_unbiased_for_the_full_kl_gradient(proposal_tempera
 
 def test_sampled_cache_requires_temperature_one_and_forward_kl():
     s, t = logits(10, 3), logits(11, 3)
-    ids, lw = SP.sample_from_logits(t, 8, torch.Generator().manual_seed(0))
+    ids, lw = sample_from_logits(t, 8, torch.Generator().manual_seed(0))
     with pytest.raises(ValueError, match="temperature"):
         SP.sparse_forward_kl(s, ids, lw, temperature=2.0, sampled=True)
     with pytest.raises(ValueError, match="sampled"):
@@ -177,9 +178,9 @@ def test_sampled_cache_requires_temperature_one_and_forward_kl():
 def sparse_batch(seed=12, k=6, sampled=False, B=2, L=7):
     s, t = logits(seed, B, L), logits(seed + 1, B, L)
     if sampled:
-        ids, lp = SP.sample_from_logits(t, k, torch.Generator().manual_seed(seed))
+        ids, lp = sample_from_logits(t, k, torch.Generator().manual_seed(seed))
     else:
-        ids, lp = SP.topk_from_logits(t, k)
+        ids, lp = topk_from_logits(t, k)
     y = torch.randint(0, V, (B, L), generator=torch.Generator().manual_seed(seed))
     y[:, -1] = -100
     y[0, :2] = -100

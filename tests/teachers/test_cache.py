@@ -13,7 +13,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from distill.losses import functional as LF
 from distill.losses import sparse as SP
 from distill.teachers import cache as C
-from distill.teachers.cached import CachedCollate, CachedExamples, CachedTeacher, renormalize
+from distill.teachers.cached import CachedRows, CachedTeacher, renormalize
 from distill.types import TeacherOutput
 
 V = 64
@@ -40,9 +40,21 @@ def examples(n=10, seed=0) -> list[dict]:
     return out
 
 
+LEGACY16 = C.Encoding.legacy("float16")
+
+
 def writer(path, mode="topk", k=8, **kw) -> C.CacheWriter:
     kw.setdefault("shard_size", 3)
     return C.CacheWriter(path, mode=mode, k=k, vocab_size=V, teacher=TEACHER, tokenizer=TOKENIZER, **kw)
+
+
+def batch_of(rows: C.SplitReader, ex: list[dict], indices) -> dict:
+    """The batch the DataModule would serve: examples through the cache's hook, then collated."""
+    from distill.data.datamodule import collate
+
+    hook = CachedRows({"train": rows})
+    items = [hook.example("train", i, ex[i]) for i in indices]
+    return hook.batch(items, collate(items, 0))
 
 
 def write(path, ex, mode="topk", k=8, model=None, selection=None, max_shards=None, **kw):
@@ -56,22 +68,25 @@ def write(path, ex, mode="topk", k=8, model=None, selection=None, max_shards=Non
 # ----------------------------------------------------------------------------- round trip
 @pytest.mark.parametrize("value_dtype", ["float16", "bfloat16"])
 def test_round_trip_reads_back_exactly_what_was_written(tmp_path, value_dtype):
+    """The version-1 layout (dense int32 ids, float values, float32 tail): every tensor bit for bit."""
     ex = examples()
     written: dict[str, list] = {}
     model = tiny_model()
-    wt, ws = writer(tmp_path / "topk", "topk", value_dtype=value_dtype), writer(tmp_path / "smp", "sampled",
-                                                                              value_dtype=value_dtype)
+    enc = C.Encoding.legacy(value_dtype)
+    wt, ws = writer(tmp_path / "topk", "topk", encoding=enc), writer(tmp_path / "smp", "sampled", encoding=enc)
     for w in (wt, ws):
         w.begin_split("train", C.data_fingerprint(ex, 12))
         orig = w.write_shard
 
-        def record(split, index, ids, values, tail, lengths, _orig=orig, _w=w):
-            written.setdefault(_w.mode, []).append((ids.clone(), values.clone(), tail.clone(), list(lengths)))
-            return _orig(split, index, ids, values, tail, lengths)
+        def record(split, index, rows, lengths, _orig=orig, _w=w):
+            written.setdefault(_w.mode, []).append((rows.ids.clone(), rows.values.clone(), rows.tail.clone(),
+                                                    list(lengths)))
+            return _orig(split, index, rows, lengths)
 
         w.write_shard = record
     stats = C.cache_split(model, ex, [wt, ws], "train", pad_id=0, batch_size=2, progress=False)  # one teacher pass
     assert stats.tokens == sum(len(e["input_ids"]) for e in ex) and stats.shards_written == 4
+    dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16}[value_dtype]
     for mode, path in (("topk", tmp_path / "topk"), ("sampled", tmp_path / "smp")):
         reader = C.CacheReader(path)
         reader.verify()
@@ -81,14 +96,16 @@ def test_round_trip_reads_back_exactly_what_was_written(tmp_path, value_dtype):
             a = 0
             for n in lengths:
                 got = rows[i]
-                assert got[0].dtype == torch.int32 and got[1].dtype == C.VALUE_DTYPES[value_dtype]
+                assert got[0].dtype == torch.int32 and got[1].dtype == dtype
                 assert torch.equal(got[0], ids[a:a + n].to(torch.int32))
-                assert torch.equal(got[1], values[a:a + n].to(C.VALUE_DTYPES[value_dtype]))
+                assert torch.equal(got[1], values[a:a + n].to(dtype))
                 assert torch.equal(got[2], tail[a:a + n])
                 assert got[0].shape == (len(ex[i]["input_ids"]), 8)
                 a, i = a + n, i + 1
         assert i == len(ex)
         assert reader.manifest["bytes_per_token"] == 8 * (4 + 2) + 4
+        n_bytes, n_tok = reader.stored_bytes()
+        assert 8 * 6 + 4 < n_bytes / n_tok < 8 * 6 + 4 + 40  # the rows, plus offsets and file headers
     # and what was written is the teacher's distribution at every position of every example
     rows = C.CacheReader(tmp_path / "topk").split("train")
     for i in (0, 4):
@@ -106,11 +123,8 @@ def test_sparse_rows_through_the_collate_give_the_online_kl_when_k_is_the_vocabu
     """K = V, float32 values: the cached teacher equals the online one (loss and gradient)."""
     ex = examples(6)
     model = tiny_model(torch.float64)
-    write(tmp_path, ex, k=V, model=model, value_dtype="float32")
-    data = CachedExamples(ex, C.CacheReader(tmp_path).split("train"))
-    from distill.data.datamodule import collate
-
-    batch = CachedCollate(lambda e: collate(e, 0), V)([data[i] for i in range(6)])
+    write(tmp_path, ex, k=V, model=model, encoding={"values": "float32", "tail": "float32"})
+    batch = batch_of(C.CacheReader(tmp_path).split("train"), ex, range(6))
     assert batch["teacher_topk_ids"].shape == (*batch["input_ids"].shape, V)
     with torch.no_grad():
         online = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
@@ -130,11 +144,8 @@ def test_sparse_rows_through_the_collate_give_the_online_kl_when_k_is_the_vocabu
 
 def test_padding_positions_and_renormalisation_stay_finite(tmp_path):
     ex = examples(6)
-    write(tmp_path, ex, k=4)
-    data = CachedExamples(ex, C.CacheReader(tmp_path).split("train"))
-    from distill.data.datamodule import collate
-
-    batch = CachedCollate(lambda e: collate(e, 0), 4)([data[i] for i in (0, 3, 5)])  # lengths 12, 8, 10
+    write(tmp_path, ex, k=4, encoding=LEGACY16)
+    batch = batch_of(C.CacheReader(tmp_path).split("train"), ex, (0, 3, 5))  # lengths 12, 8, 10
     assert (batch["attention_mask"] == 0).any()
     lp = renormalize(batch["teacher_topk_logprobs"], batch["teacher_tail"], sampled=False)
     # head + tail = 1 per position (the fp16 head alone does not quite)
@@ -204,7 +215,7 @@ SMALL = ["debug=tiny", "data.source.max_chars=12000", "data.max_val_examples=4"]
 
 def compose_cfg(overrides: list[str], output_dir: Path, config_name: str = "train"):
     """Compose ``conf/<config_name>.yaml`` as the CLI would."""
-    from distill.train import compose_config
+    from distill.config import compose_config
 
     return compose_config(config_name, overrides, output_dir, root_dir=Path(__file__).resolve().parents[2])
 
@@ -223,55 +234,55 @@ def _train_cfg(tmp_path, *overrides, name="c"):
 
 
 def test_cli_cache_then_teacher_cached_training_run(tmp_path):
-    from distill.train import train
+    from distill import pipeline
 
     reader = _cache(tmp_path, "cache.max_steps=4")
     m = reader.manifest
     assert m["teacher"]["choice"] == "tiny_random" and m["mode"] == "topk" and m["k"] == 8
     assert m["splits"]["train"]["selection"]["count"] <= 16 and m["splits"]["val"]["complete"]
-    metrics = train(_train_cfg(tmp_path))
+    metrics = pipeline.run(_train_cfg(tmp_path))
     assert math.isfinite(metrics["train/kl"]) and metrics["train/kl"] >= 0
     # validation scores the student against the cached rows of the val split too
     assert {"val/loss", "val/kl_sparse", "val/agreement"} <= set(metrics)
     # a longer run than the cache covers fails before training, naming the fix
     with pytest.raises(C.CacheMismatchError, match="cache.max_steps=6"):
-        train(_train_cfg(tmp_path, "trainer.max_steps=6"))
+        pipeline.run(_train_cfg(tmp_path, "trainer.max_steps=6"))
 
 
 def test_mismatched_data_tokenizer_teacher_and_settings_are_clear_errors(tmp_path):
     from distill.data.tokenizer import train_bpe_tokenizer
-    from distill.train import build_components
+    from distill.build import build_components
 
     _cache(tmp_path)
     # data: another block length gives other examples
     with pytest.raises(C.CacheMismatchError, match=r"train data:[\s\S]*seq_len: cache 32 vs this run 16[\s\S]*"
                                                    r"distill-cache-logits"):
-        build_components(_train_cfg(tmp_path, "data.seq_len=16"))
+        build_components(_train_cfg(tmp_path, "data.seq_len=16")).load()
     # settings the config expects
     with pytest.raises(C.CacheMismatchError, match=r"teacher.k=16 but the cache holds 8"):
-        build_components(_train_cfg(tmp_path, "teacher.k=16"))
+        build_components(_train_cfg(tmp_path, "teacher.k=16")).load()
     with pytest.raises(FileNotFoundError, match=r"no teacher cache at .*distill-cache-logits"):
-        build_components(_train_cfg(tmp_path, name="missing"))
+        build_components(_train_cfg(tmp_path, name="missing")).load()
     # tokenizer: a different vocabulary
     tok_dir = tmp_path / "other_tok"
     train_bpe_tokenizer(["def f(x):\n    return x + 1\n" * 50], 300, tok_dir)
     with pytest.raises(C.CacheMismatchError, match=r"tokenizer .*other_tok.* cached ids would mean other tokens"):
         build_components(_train_cfg(tmp_path, f"student.tokenizer={tok_dir}", "student.config.vocab_size=300",
-                                    "~student.tokenizer_build"))
+                                    "~student.tokenizer_build")).load()
 
 
 def test_a_changed_teacher_is_detected(tmp_path):
-    from distill.train import build_components
+    from distill.build import build_components
 
     folder = tmp_path / "teacher_model"
     tiny_model(vocab_size=2048).save_pretrained(folder)  # the tiny configs' stdlib BPE has 2048 ids
     common = [f"+teacher.model.name_or_path={folder}", "~teacher.model.config"]
     reader = _cache(tmp_path, *common, "cache.teacher_name=tiny_random")
     assert reader.manifest["teacher"]["weights"]["kind"] == "files"
-    build_components(_train_cfg(tmp_path))  # unchanged: fine
+    build_components(_train_cfg(tmp_path)).load()  # unchanged: fine
     model = tiny_model(vocab_size=2048)
     with torch.no_grad():
         model.lm_head.weight.add_(1.0)
     model.save_pretrained(folder)
     with pytest.raises(C.CacheMismatchError, match=r"teacher at .*teacher_model changed since the cache"):
-        build_components(_train_cfg(tmp_path))
+        build_components(_train_cfg(tmp_path)).load()

@@ -14,6 +14,7 @@ batch it collates, so no teacher ever replaces the DataModule's datasets or coll
 
 from __future__ import annotations
 
+import itertools
 import logging
 from typing import Protocol
 
@@ -22,6 +23,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from distill.losses.functional import IGNORE_INDEX
+from distill.data.resumable import ResumableLoader
 
 log = logging.getLogger(__name__)
 
@@ -144,9 +146,11 @@ class DistillDataModule(L.LightningDataModule):
         return self._train_loader(self.train_set, self.collate)
 
     def _train_loader(self, dataset, collate_fn) -> DataLoader:
+        # ResumableLoader serves DataLoader(shuffle=True)'s exact order and puts its position in the
+        # checkpoint, so a run resumed mid-epoch continues with the batch it would have seen next.
         g = torch.Generator().manual_seed(self.seed)
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=True, drop_last=True, generator=g,
-                          collate_fn=collate_fn, num_workers=self.num_workers)
+        return ResumableLoader(dataset, batch_size=self.batch_size, shuffle=True, drop_last=True, generator=g,
+                               collate_fn=collate_fn, num_workers=self.num_workers)
 
     def train_order(self, num_batches: int | None = None) -> list[list[int]]:
         """Example indices of the first ``num_batches`` training batches (one epoch when None), in
@@ -160,7 +164,9 @@ class DistillDataModule(L.LightningDataModule):
         order: list[list[int]] = []
         while True:
             before = len(order)
-            for batch in loader:
+            # len(loader) batches, never the exhausted iterator: Lightning stops an epoch there, and
+            # asking the sampler for more would draw from the generator and reshuffle the next epoch.
+            for batch in itertools.islice(loader, len(loader)):
                 order.append([int(i) for i in batch])
                 if num_batches is not None and len(order) >= num_batches:
                     return order

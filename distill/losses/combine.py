@@ -170,7 +170,7 @@ class DistillationLoss(nn.Module):
         tokens = None
         if self.token_weighting is not None:
             with torch.no_grad():
-                tokens = torch.where(mask, self.token_weighting(inputs).float(), 0.0)
+                tokens = torch.where(mask, self.token_weighting(inputs), 0.0)
             # sums over the step's micro-batches give the step's mean weight and kept fraction
             logs["tw_mean"] = tokens.sum() / denom
             logs["tw_kept"] = (tokens > 0).sum() / denom

@@ -66,6 +66,13 @@ def _student_logits(inputs: LossInputs, owner: str) -> torch.Tensor:
     return logits.detach()
 
 
+def _zeros(inputs: LossInputs) -> torch.Tensor:
+    """``(B, L)`` zeros in the precision of the logits (at least float32; float64 runs stay float64)."""
+    ref = inputs.student.logits if inputs.student.logits is not None else inputs.teacher.logits
+    dtype = torch.promote_types(ref.dtype, torch.float32) if ref is not None else torch.float32
+    return torch.zeros(inputs.mask.shape, dtype=dtype, device=inputs.mask.device)
+
+
 def entropy(lp: torch.Tensor) -> torch.Tensor:
     """``H = -sum_v p_v log p_v`` per row of log-probabilities ``(..., V)`` (0 log 0 = 0)."""
     return -(lp.exp() * lp).sum(-1)
@@ -126,7 +133,7 @@ class TeacherConfidence(TokenWeighting):
 
     def forward(self, inputs: LossInputs) -> torch.Tensor:
         teacher = inputs.teacher
-        w = torch.zeros(inputs.mask.shape, dtype=torch.float32, device=inputs.mask.device)
+        w = _zeros(inputs)
         if teacher.kind == TeacherKind.SPARSE:
             if teacher.sampled:
                 raise ValueError("TeacherConfidence: a sampled cache holds estimator weights, not the teacher's "
@@ -134,9 +141,9 @@ class TeacherConfidence(TokenWeighting):
             return teacher.topk_logprobs.detach().float().amax(-1).exp()
         for ic, lp in _teacher_log_probs(inputs):
             if self.measure == "max_prob":
-                w[ic] = lp.amax(-1).exp().float()
+                w[ic] = lp.amax(-1).exp().to(w.dtype)
             else:
-                w[ic] = (1.0 - entropy(lp) / math.log(lp.shape[-1])).clamp(0.0, 1.0).float()
+                w[ic] = (1.0 - entropy(lp) / math.log(lp.shape[-1])).clamp(0.0, 1.0).to(w.dtype)
         return w
 
 
@@ -165,11 +172,11 @@ class DifficultyFocus(TokenWeighting):
 
     def forward(self, inputs: LossInputs) -> torch.Tensor:
         student = _student_logits(inputs, "DifficultyFocus")
-        w = torch.zeros(inputs.mask.shape, dtype=torch.float32, device=inputs.mask.device)
+        w = _zeros(inputs)
         for ic, lp in _teacher_log_probs(inputs):
             lq = log_probs(student[ic][..., : lp.shape[-1]])
             s = ((lp * 0.5).exp() - (lq * 0.5).exp()).pow(2).sum(-1).div(2.0).sqrt().clamp(0.0, 1.0)
-            w[ic] = s.pow(self.gamma).float()
+            w[ic] = s.pow(self.gamma).to(w.dtype)
         return w
 
 
@@ -211,16 +218,16 @@ class EntropySelection(TokenWeighting):
         self._pending_step: int | None = None
 
     def _entropies(self, inputs: LossInputs) -> torch.Tensor:
-        h = torch.zeros(inputs.mask.shape, dtype=torch.float32, device=inputs.mask.device)
+        h = _zeros(inputs)
         if self.source == "student":
             logits = _student_logits(inputs, "EntropySelection(source=student)")
             idx = torch.nonzero(inputs.mask, as_tuple=True)
             for a in range(0, idx[0].numel(), _ROWS):
                 ic = tuple(i[a:a + _ROWS] for i in idx)
-                h[ic] = entropy(log_probs(logits[ic])).float()
+                h[ic] = entropy(log_probs(logits[ic])).to(h.dtype)
         else:
             for ic, lp in _teacher_log_probs(inputs):
-                h[ic] = entropy(lp).float()
+                h[ic] = entropy(lp).to(h.dtype)
         return h
 
     def _roll(self, step: int) -> None:
@@ -240,4 +247,4 @@ class EntropySelection(TokenWeighting):
             self._pending.append(h[inputs.mask].detach())
         if torch.isnan(self.threshold):
             return torch.ones_like(h)
-        return (h >= self.threshold).float()
+        return (h >= self.threshold).to(h.dtype)

@@ -111,15 +111,17 @@ def export_gguf(hf_dir: str | Path, out_file: str | Path, outtype: str = "f16",
     return out
 
 
-def load_llama(gguf_file: str | Path, n_ctx: int = 512, threads: int | None = None):
-    """A ``llama_cpp.Llama`` that keeps every position's logits (for the checks)."""
+def load_llama(gguf_file: str | Path, n_ctx: int = 512, threads: int | None = None,
+               logits_all: bool = True):
+    """A ``llama_cpp.Llama``; ``logits_all`` keeps every position's logits (for the checks)."""
     try:
         from llama_cpp import Llama
     except ImportError as exc:
         raise ImportError("the GGUF check needs `pip install llama-cpp-python` (compiles "
                           "llama.cpp: several minutes)") from exc
-    return Llama(model_path=str(gguf_file), n_ctx=int(n_ctx), logits_all=True, verbose=False,
-                 n_threads=threads or None, n_batch=int(n_ctx))
+    return Llama(model_path=str(gguf_file), n_ctx=int(n_ctx), logits_all=logits_all,
+                 verbose=False, n_threads=threads or None, n_threads_batch=threads or None,
+                 n_batch=int(n_ctx))
 
 
 def llama_next_token_logits(llm, ids: Sequence[int]):

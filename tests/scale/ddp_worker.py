@@ -1,0 +1,117 @@
+"""Child process of the DDP tests: one Lightning run on ``devices`` CPU ranks (gloo).
+
+    python tests/scale/ddp_worker.py step OUT DEVICES      # one optimizer step + validation, dumped per rank
+    python tests/scale/ddp_worker.py pipeline OUT DEVICES  # distill-train's pipeline, recording who writes
+
+Lightning's DDP launcher re-runs this same command line for the other ranks (LOCAL_RANK set), so
+everything here is a function of argv. Each rank writes ``OUT/rank<r>.pt``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import lightning as L  # noqa: E402
+import torch  # noqa: E402
+
+from distill.data.datamodule import DistillDataModule  # noqa: E402
+
+SEQ = 24
+STEP = ["debug=tiny", "module.micro_batch_size=2", "module.grad_clip=null", "logger=none", "callbacks=none",
+        "export.enabled=false"]
+
+
+class VariableLengths:
+    """Examples of very different lengths, so ranks and micro-batches hold unequal token counts."""
+
+    def examples(self, split: str, tokenizer, max_length: int) -> list[dict]:
+        g = torch.Generator().manual_seed(0 if split == "train" else 1)
+        n = 16 if split == "train" else 8
+        out = []
+        for i in range(n):
+            length = int(torch.randint(3, max_length + 1, (1,), generator=g))
+            ids = torch.randint(5, 2000, (length,), generator=g).tolist()
+            out.append({"input_ids": ids, "labels": ids})
+        return out
+
+
+class Capture(L.Callback):
+    """Records the batch, the loss and every gradient of the first optimizer step, and val batches."""
+
+    def __init__(self):
+        self.record: dict = {"val_batches": []}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if batch_idx == 0:
+            self.record["batch"] = {k: v.clone() for k, v in batch.items()}
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        if "grads" not in self.record:
+            self.record["grads"] = {n: p.grad.detach().clone() for n, p in pl_module.named_parameters()
+                                    if p.requires_grad and p.grad is not None}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if "loss" not in self.record:
+            loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+            self.record["loss"] = float(loss)
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        self.record["val_batches"].append({k: v.clone() for k, v in batch.items()})
+
+
+def step(out: Path, devices: int) -> None:
+    from distill.build import build_components
+    from tests.scale.helpers import compose
+
+    cfg = compose(STEP, out / "run")
+    L.seed_everything(0, workers=True)
+    parts = build_components(cfg)
+    dm = DistillDataModule(VariableLengths(), seq_len=SEQ, batch_size=4, val_batch_size=2, max_val_examples=None)
+    dm.connect(parts.tokenizer)
+    module = parts.module
+    module.configure_model()  # same seed on every rank: the same student and teacher everywhere
+    init = {k: v.clone() for k, v in module.state_dict().items()}
+    teacher = {k: v.clone() for k, v in module.teacher.model.state_dict().items()}
+    capture = Capture()
+    trainer = L.Trainer(accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto",
+                        max_steps=1, val_check_interval=1, check_val_every_n_epoch=None, num_sanity_val_steps=0,
+                        logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, callbacks=[capture])
+    trainer.fit(module, datamodule=dm)
+    val = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    torch.save({**capture.record, "val": val, "init": init, "teacher": teacher, "world": trainer.world_size},
+               out / f"rank{trainer.global_rank}.pt")
+
+
+def pipeline(out: Path, devices: int) -> None:
+    """distill-train's steps after fit, each replaced by a recorder of the rank that called it."""
+    import distill.pipeline as P
+    from tests.scale.helpers import compose
+
+    rank = int(os.environ.get("LOCAL_RANK", 0))  # set by Lightning for the re-launched ranks
+
+    def recorder(name, result=None):
+        def record(*args, **kwargs):
+            (out / f"{name}.rank{rank}").write_text("called")
+            return result
+        return record
+
+    for name in ("export_student", "record_models", "write_summary"):
+        setattr(P, name, recorder(name))
+    P.run_baseline = recorder("run_baseline")
+    cfg = compose(["debug=tiny", "+trainer.strategy=ddp", f"trainer.devices={devices}", "trainer.max_steps=2",
+                   "data.source.max_chars=12000", "data.max_val_examples=4", "summary.enabled=true",
+                   "summary.baseline=true", "logger=csv"], out / "run")
+    metrics = P.run(cfg)
+    (out / f"metrics.rank{rank}.json").write_text(json.dumps(metrics))
+
+
+if __name__ == "__main__":
+    mode, out, devices = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
+    out.mkdir(parents=True, exist_ok=True)
+    {"step": step, "pipeline": pipeline}[mode](out, devices)

@@ -200,7 +200,8 @@ class DistillationLoss(nn.Module):
 
 def teacher_member_logs(student: StudentOutput, teacher: TeacherOutput, mask: torch.Tensor,
                         denom: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Per-member logs of a multi-teacher output (:mod:`distill.teachers.ensemble`), as step shares.
+    """Per-member logs of a multi-teacher output (:mod:`distill.teachers.ensemble`), as step shares,
+    and ``aligned``: the share of tokens a cross-tokenizer teacher has a row for.
 
     ``agree_<name>``: the fraction of the step's tokens where the student's argmax equals that
     teacher's (needs the student's logits); ``picked_<name>``: the fraction where that teacher was
@@ -215,4 +216,7 @@ def teacher_member_logs(student: StudentOutput, teacher: TeacherOutput, mask: to
             logs[f"agree_{name}"] = ((mine == ids) & mask).sum() / denom
     for name, picked in (getattr(teacher, "member_picked", None) or {}).items():
         logs[f"picked_{name}"] = torch.where(mask, picked.float(), 0.0).sum() / denom
+    positions = getattr(teacher, "positions", None)  # a cross-tokenizer teacher's aligned positions
+    if positions is not None:
+        logs["aligned"] = (positions & mask).sum() / denom
     return logs

@@ -191,7 +191,7 @@ def model_card(run_dir: str | Path, *, name: str | None = None, steps: int | Non
         eval_results=results or None)
 
     lines = [f"# {name}", "",
-             "A student model distilled with `distill` (a Lightning + Hydra "
+             "A student model trained with `distill` (a Lightning + Hydra "
              "knowledge-distillation framework). Everything below is read from the training run's own "
              "records.", "", "## How it was made", "",
              "| | |", "|---|---|",

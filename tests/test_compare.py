@@ -154,3 +154,75 @@ def test_wandb_group_compares_like_local_runs(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     with pytest.raises(RuntimeError, match="WANDB_MODE=offline"):
         compare.load_wandb("team/distill", "sweep-a", api=api)
+
+
+def _seed_sweep(tmp_path) -> Path:
+    root = tmp_path / "seeds"
+    finals = {"kd": [(3.0, 0.5, 0.10), (3.2, 0.6, 0.12), (3.1, 0.55, 0.14)], "jsd": [(3.5, 0.4, 0.20), (3.3, 0.5, 0.22)]}
+    n = 0
+    for loss, values in finals.items():
+        for seed, (final, agree, step_s) in enumerate(values):
+            run = make_run(root, f"{n}_loss={loss},seed={seed}", ["debug=tiny", f"loss={loss}", f"seed={seed}"],
+                           [(9, final + 1, agree - 0.1), (19, final, agree)],
+                           summary={"summary/gap_closed": 1.0 - final / 4})
+            with (run / "csv" / "version_0" / "metrics.csv").open("a", newline="") as fh:
+                csv.writer(fh).writerow([0, 19, "", "", "", ""])  # a row without time (other metrics)
+            (run / "csv" / "version_1").mkdir()  # the timer's rows, as a resumed run would split them
+            with (run / "csv" / "version_1" / "metrics.csv").open("w", newline="") as fh:
+                w = csv.writer(fh)
+                w.writerow(["epoch", "step", "time/step_s"])
+                w.writerow([0, 19, step_s])
+            n += 1
+    return root
+
+
+def test_seeds_are_aggregated_into_mean_std_and_n(tmp_path):
+    runs = compare.load_local(_seed_sweep(tmp_path))
+    result = compare.compare(runs, tmp_path / "out", relative=("loss", "kd"))
+    assert result.params == ["loss"] and [r["loss"] for r in result.rows] == ["kd", "jsd"]
+    kd, jsd = result.rows
+    assert kd["n"] == 3 and jsd["n"] == 2
+    assert kd["val/loss"] == pytest.approx(3.1) and kd["val/loss_std"] == pytest.approx(0.1)
+    assert jsd["val/loss"] == pytest.approx(3.4) and jsd["val/loss_std"] == pytest.approx(2 ** 0.5 * 0.1)
+    assert jsd["summary/gap_closed"] == pytest.approx(1 - 3.4 / 4)
+    assert kd["time/step_s_rel"] == pytest.approx(1.0) and jsd["time/step_s_rel"] == pytest.approx(0.21 / 0.12)
+    md = result.files["markdown"].read_text()
+    assert "| rank | runs | loss | n | val/loss |" in md
+    assert "| 1 | 0,1,2 | kd | 3 | 3.1000 ± 0.1000 |" in md
+    with result.files["csv"].open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert rows[0]["val/loss_std"] and rows[1]["n"] == "2"
+    assert _png_ok(result.files["curves"]) and _png_ok(result.files["objective"])
+    per_run = compare.compare(runs, tmp_path / "per", per_run=True)
+    assert len(per_run.rows) == 5 and "seed" in per_run.params
+
+
+def test_cli_aggregates_seeds_and_checks_relative_to(tmp_path, capsys):
+    root = _seed_sweep(tmp_path)
+    assert compare.main([str(root), "--relative-to", "loss=kd"]) == 0
+    assert "3.1000 ± 0.1000" in capsys.readouterr().out
+    assert compare.main([str(root), "--relative-to", "loss=ce"]) == 2
+    assert "no run has that setting" in capsys.readouterr().err
+    assert compare.main([str(root), "--relative-to", "loss"]) == 2
+
+
+def test_a_single_seed_group_has_no_std(tmp_path):
+    root = tmp_path / "one"
+    make_run(root, "0_seed=0", ["loss=kd", "seed=0"], [(4, 3.0, 0.5)])
+    make_run(root, "1_seed=1", ["loss=kd", "seed=1"], [(4, 3.2, 0.5)])
+    make_run(root, "2_loss=jsd,seed=0", ["loss=jsd", "seed=0"], [(4, 3.6, 0.5)])
+    result = compare.compare(compare.load_local(root), tmp_path / "o")
+    jsd = [r for r in result.rows if r["loss"] == "jsd"][0]
+    assert jsd["n"] == 1 and jsd["val/loss_std"] is None
+    assert "| 2 | 2 | jsd | 1 | 3.6000 |" in result.files["markdown"].read_text()
+
+
+def test_step_timer_logs_the_median_after_warmup():
+    logged = []
+    module = SimpleNamespace(log=lambda name, value, **kw: logged.append((name, value)))
+    timer = compare.StepTimer(skip=1)
+    for step in range(4):
+        trainer = SimpleNamespace(global_step=step + 1)  # global_step after the step's optimizer update
+        timer.on_train_batch_start(trainer, module, None, step)
+        timer.on_train_batch_end(trainer, module, None, None, step)
+    assert [n for n, _ in logged] == ["time/step_s"] * 3 and all(v >= 0 for _, v in logged)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -171,32 +172,138 @@ class ChatPairsSource:
             sides = ["val" if k == first else s for k, s in zip(keys, sides)]
         return [r for r, s in zip(recs, sides) if s == split]
 
+    def system_of(self, r: dict[str, Any]) -> str | None:
+        if self.system_prompt is None and self.system_field:
+            return r.get(self.system_field)
+        return self.system_prompt
+
+    def example(self, tokenizer, prompt: str, completion: str, system: str | None, max_length: int,
+                st: dict[str, int]) -> dict[str, list[int]] | None:
+        """One encoded pair after the ``overlong`` rule (``None`` if dropped), counted into ``st``."""
+        st["records"] += 1
+        ids, labels, templated = encode_pair(tokenizer, prompt, completion, system)
+        st["template" if templated else "fallback_format"] += 1
+        if len(ids) > max_length:
+            n_prompt = sum(1 for x in labels if x == IGNORE_INDEX)
+            if self.overlong == "drop":
+                st["dropped_overlong"] += 1
+                return None
+            if n_prompt + self.min_answer_tokens > max_length:
+                st["dropped_prompt_too_long"] += 1
+                return None
+            ids, labels = ids[:max_length], labels[:max_length]
+            st["truncated"] += 1
+        st["kept"] += 1
+        return {"input_ids": ids, "labels": labels}
+
     def examples(self, split: str, tokenizer, max_length: int) -> list[dict[str, list[int]]]:
         out = []
-        st = {"records": 0, "kept": 0, "truncated": 0, "dropped_overlong": 0, "dropped_prompt_too_long": 0,
-              "template": 0, "fallback_format": 0}
+        st = _new_stats()
         for r in self.split_records(split):
-            st["records"] += 1
-            system = self.system_prompt
-            if system is None and self.system_field:
-                system = r.get(self.system_field)
-            ids, labels, templated = encode_pair(tokenizer, r[self.prompt_field], r[self.completion_field], system)
-            st["template" if templated else "fallback_format"] += 1
-            if len(ids) > max_length:
-                n_prompt = sum(1 for x in labels if x == IGNORE_INDEX)
-                if self.overlong == "drop":
-                    st["dropped_overlong"] += 1
-                    continue
-                if n_prompt + self.min_answer_tokens > max_length:
-                    st["dropped_prompt_too_long"] += 1
-                    continue
-                ids, labels = ids[:max_length], labels[:max_length]
-                st["truncated"] += 1
-            out.append({"input_ids": ids, "labels": labels})
-            st["kept"] += 1
+            e = self.example(tokenizer, r[self.prompt_field], r[self.completion_field], self.system_of(r),
+                             max_length, st)
+            if e is not None:
+                out.append(e)
         self.stats[split] = st
-        log.info("%s [%s]: %d pairs -> %d examples (max_length %d): %d dropped over-long, %d truncated, "
-                 "%d dropped with prompt alone too long; %d chat template, %d fallback format",
-                 self.path.name, split, st["records"], st["kept"], max_length, st["dropped_overlong"],
-                 st["truncated"], st["dropped_prompt_too_long"], st["template"], st["fallback_format"])
+        _log_stats(f"{self.path.name} [{split}]", st, max_length)
+        return out
+
+
+def _new_stats() -> dict[str, int]:
+    return {"records": 0, "kept": 0, "truncated": 0, "dropped_overlong": 0, "dropped_prompt_too_long": 0,
+            "template": 0, "fallback_format": 0}
+
+
+def _log_stats(what: str, st: dict[str, int], max_length: int) -> None:
+    log.info("%s: %d pairs -> %d examples (max_length %d): %d dropped over-long, %d truncated, "
+             "%d dropped with prompt alone too long; %d chat template, %d fallback format",
+             what, st["records"], st["kept"], max_length, st["dropped_overlong"],
+             st["truncated"], st["dropped_prompt_too_long"], st["template"], st["fallback_format"])
+
+
+@dataclass
+class Task:
+    """One task of a multi-task set: a prompt prefix, the record fields that form the target, a weight."""
+
+    name: str
+    prefix: str
+    target: list[str]
+    weight: float = 1.0
+
+    def __post_init__(self):
+        if isinstance(self.target, str):
+            self.target = [self.target]
+        self.target = [str(t) for t in self.target]
+        if not self.target:
+            raise ValueError(f"data.source.tasks[{self.name}].target must name at least one field")
+        if self.weight < 0:
+            raise ValueError(f"data.source.tasks[{self.name}].weight must be >= 0, got {self.weight}")
+
+
+class MultiTaskChatSource:
+    """Several tasks over one prompt/answer JSONL, e.g. rationale + answer and answer-only.
+
+    "Distilling step-by-step" (Hsieh et al., 2023) trains one student on two tasks told apart by a
+    prefix: produce the teacher's rationale (here: then the answer), and produce the answer. Each
+    task gives every pair one example: ``prefix + prompt`` is the (masked) prompt, the task's
+    ``target`` fields joined by ``separator`` are the trained answer. A pair that lacks one of a
+    task's fields (no rationale) yields no example for that task, counted in ``stats``.
+
+    ``weight`` is the expected number of copies per pair in the training split (``1.5`` = once,
+    plus once more for a seeded half of the pairs), so each task's share of the gradient follows
+    its weight - in expectation the ``L = sum_t w_t L_t`` of the paper. Validation keeps every task
+    once, so held-out loss weighs the tasks equally. The split is the prompt-id split of
+    :class:`ChatPairsSource`, shared by all tasks: no validation prompt is trained on in any task.
+    """
+
+    def __init__(self, path: str, tasks: list[dict[str, Any]], separator: str = "\n\n", prompt_field: str = "prompt",
+                 required_field: str = "answer", val_fraction: float = 0.05, seed: int = 0, overlong: str = "drop",
+                 system_prompt: str | None = None, system_field: str | None = None, min_answer_tokens: int = 8,
+                 max_examples: int | None = None, max_chars: int | None = None):
+        self.tasks = [t if isinstance(t, Task) else Task(**dict(t)) for t in tasks]
+        if not self.tasks:
+            raise ValueError("data.source.tasks is empty: give at least one {name, prefix, target, weight}")
+        names = [t.name for t in self.tasks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"data.source.tasks: task names must be distinct, got {names}")
+        self.separator = separator
+        self.seed = int(seed)
+        self.pairs = ChatPairsSource(path, prompt_field=prompt_field, completion_field=required_field,
+                                     val_fraction=val_fraction, seed=seed, overlong=overlong,
+                                     system_prompt=system_prompt, system_field=system_field,
+                                     min_answer_tokens=min_answer_tokens, max_examples=max_examples,
+                                     max_chars=max_chars)
+        self.stats: dict[str, dict[str, dict[str, int]]] = {}
+
+    def target(self, task: Task, r: dict[str, Any]) -> str | None:
+        parts = [r.get(f) for f in task.target]
+        if not all(isinstance(x, str) and x.strip() for x in parts):
+            return None
+        return self.separator.join(parts)
+
+    def copies(self, task: Task, key: str) -> int:
+        whole = int(task.weight)
+        frac = task.weight - whole
+        u = int(hashlib.sha1(f"{self.seed}:{task.name}:{key}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+        return whole + (1 if u < frac else 0)
+
+    def examples(self, split: str, tokenizer, max_length: int) -> list[dict[str, list[int]]]:
+        out = []
+        self.stats[split] = {}
+        pf = self.pairs.prompt_field
+        for task in self.tasks:
+            st = {**_new_stats(), "missing_field": 0, "copies": 0}
+            for r in self.pairs.split_records(split):
+                target = self.target(task, r)
+                if target is None:
+                    st["missing_field"] += 1
+                    continue
+                e = self.pairs.example(tokenizer, task.prefix + r[pf], target, self.pairs.system_of(r), max_length, st)
+                if e is None:
+                    continue
+                n = 1 if split != "train" else self.copies(task, str(r.get("id") or r.get("prompt_id") or r[pf]))
+                out.extend(dict(e) for _ in range(n))
+                st["copies"] += n
+            self.stats[split][task.name] = st
+            _log_stats(f"{self.pairs.path.name} [{split}] task {task.name!r} (weight {task.weight})", st, max_length)
         return out

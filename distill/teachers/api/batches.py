@@ -20,21 +20,12 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from distill.teachers.api.client import message_to_dict
-from distill.teachers.api.generate import Generator, request_params
+from distill.teachers.api.sampling import Key, custom_id, request_params
 from distill.teachers.api.store import append_jsonl
 
 log = logging.getLogger(__name__)
 
 STATE = "batches.jsonl"
-
-
-def custom_id(key: tuple[str, int]) -> str:
-    return f"{key[0]}-{key[1]}"  # ^[a-zA-Z0-9_-]{1,64}$ as the API requires
-
-
-def parse_custom_id(cid: str) -> tuple[str, int]:
-    pid, _, idx = cid.rpartition("-")
-    return pid, int(idx)
 
 
 def load_state(path: Path) -> dict[str, dict[str, Any]]:
@@ -55,12 +46,12 @@ def load_state(path: Path) -> dict[str, dict[str, Any]]:
     return state
 
 
-async def _poll(gen: Generator, batch_id: str, poll_s: float, max_wait_s: float | None) -> Any:
+async def _poll(gen: Any, batch_id: str, poll_s: float, max_wait_s: float | None) -> Any:
     sdk = gen.client.sdk
     waited = 0.0
     while True:
         b, _, _ = await gen.client.call_with_retries(lambda: sdk.messages.batches.retrieve(batch_id),
-                                                     what=f"batch {batch_id} retrieve", limited=False)
+                                                     what=f"batch {batch_id} retrieve")
         c = b.request_counts
         if gen.pbar is not None:
             gen.pbar.set_description(f"batch {batch_id[-8:]} {c.succeeded + c.errored + c.expired + c.canceled}/"
@@ -75,9 +66,10 @@ async def _poll(gen: Generator, batch_id: str, poll_s: float, max_wait_s: float 
         waited += poll_s
 
 
-async def _collect(gen: Generator, batch_id: str, keys: list[tuple[str, int]]) -> None:
+async def _collect(gen: Any, batch_id: str, keys: list[Key]) -> None:
     sdk = gen.client.sdk
-    expected = set(keys)
+    by_id = {custom_id(k): k for k in keys}
+    by_id.update({f"{k[0]}-{k[1]}": k for k in keys if len(gen.s.teachers) == 1})  # batches sent before models
 
     async def fetch():
         out = []
@@ -85,11 +77,11 @@ async def _collect(gen: Generator, batch_id: str, keys: list[tuple[str, int]]) -
             out.append(entry)
         return out
 
-    entries, _, _ = await gen.client.call_with_retries(fetch, what=f"batch {batch_id} results", limited=False,
+    entries, _, _ = await gen.client.call_with_retries(fetch, what=f"batch {batch_id} results",
                                                        deadline_s=None)
     for entry in entries:
-        key = parse_custom_id(entry.custom_id)
-        if key not in expected or key[0] not in gen.prompts:
+        key = by_id.get(entry.custom_id)
+        if key is None or key[0] not in gen.prompts:
             log.warning("batch %s: result for unknown custom_id %s ignored", batch_id, entry.custom_id)
             continue
         res = entry.result
@@ -110,7 +102,12 @@ async def _collect(gen: Generator, batch_id: str, keys: list[tuple[str, int]]) -
     append_jsonl(gen.out_dir / STATE, {"event": "collected", "batch_id": batch_id})
 
 
-async def run_batches(gen: Generator, pending: list[tuple[str, int]], cfg: Mapping[str, Any]) -> None:
+async def run_batches(gen: Any, pending: list[Key], cfg: Mapping[str, Any]) -> None:
+    """Submit ``pending`` (what no open batch covers), then poll and collect every open batch.
+
+    ``gen`` is the :class:`~distill.teachers.api.generate.Generator` of the run (not imported here:
+    the generator calls this module, never the other way round).
+    """
     max_per_batch = int(cfg.get("max_requests_per_batch", 10000))
     poll_s = float(cfg.get("poll_interval_s", 30.0))
     max_wait_s = cfg.get("max_wait_s")
@@ -118,23 +115,25 @@ async def run_batches(gen: Generator, pending: list[tuple[str, int]], cfg: Mappi
     state_path = gen.out_dir / STATE
     state = load_state(state_path)
 
-    open_batches = {bid: st["keys"] for bid, st in state.items() if not st["collected"]}
+    # Batch logs written before multi-teacher keys hold (prompt_id, sample_idx): the run's model.
+    open_batches = {bid: [k if len(k) == 3 else (k[0], int(k[1]), gen.s.model) for k in st["keys"]]
+                    for bid, st in state.items() if not st["collected"]}
     covered = {k for keys in open_batches.values() for k in keys}
     reserved = 0.0
     for keys in open_batches.values():  # paid when submitted: hold their worst case against the budget
         for k in keys:
             if k in gen.prompts and k not in gen.store:
-                amount = gen.worst_case(gen.prompts[k[0]], batch=True)
+                amount = gen.worst_case(k, batch=True)
                 gen.tracker.reserved += amount
                 reserved += amount
     if open_batches:
         log.info("resuming %d submitted batch(es) from %s", len(open_batches), state_path)
 
     to_send = [k for k in pending if k not in covered]
-    chunk: list[tuple[str, int]] = []
-    chunks: list[list[tuple[str, int]]] = []
+    chunk: list[Key] = []
+    chunks: list[list[Key]] = []
     for k in to_send:
-        amount = gen.worst_case(gen.prompts[k[0]], batch=True)
+        amount = gen.worst_case(k, batch=True)
         if not gen.tracker.try_reserve(amount):
             gen.summary.stopped = "budget"
             break
@@ -148,9 +147,10 @@ async def run_batches(gen: Generator, pending: list[tuple[str, int]], cfg: Mappi
 
     sdk = gen.client.sdk
     for keys in chunks:
-        requests = [{"custom_id": custom_id(k), "params": request_params(gen.prompts[k[0]], gen.s)} for k in keys]
+        requests = [{"custom_id": custom_id(k), "params": request_params(gen.prompts[k[0]], gen.s, k[2])}
+                    for k in keys]
         b, _, _ = await gen.client.call_with_retries(lambda: sdk.messages.batches.create(requests=requests),
-                                                     what=f"batch create ({len(requests)} requests)", limited=False)
+                                                     what=f"batch create ({len(requests)} requests)")
         append_jsonl(state_path, {"event": "submitted", "batch_id": b.id, "keys": [list(k) for k in keys]})
         log.info("submitted batch %s with %d requests", b.id, len(keys))
         open_batches[b.id] = keys

@@ -6,9 +6,13 @@
     distill-teacher-data sampling.n=4 max_cost_usd=20      # generate + filter, resumable
     distill-teacher-data mode=batch                        # Message Batches at the batch discount
     distill-teacher-data stage=filter filters.near_dedup.threshold=0.8
+    distill-teacher-data stage=report                      # dataset_report.md + dataset_report.png
+    distill-teacher-data teacher_data/prompts=rationale    # reasoning + code, for data=api_rationale
+    distill-teacher-data 'sampling.models=[claude-haiku-4-5,claude-sonnet-4-5]'   # multi-teacher
 
 Everything lands in ``out_dir`` (``prompts.jsonl``, ``results.jsonl``, ``errors.jsonl``,
-``filtered.jsonl``, ``filter_report.json``, ``generation_summary.json``), which is also where
+``filtered.jsonl``, ``rejected.jsonl``, ``filter_report.json``, ``generation_summary.json``,
+``ratelimit_state.jsonl``, ``dataset_report.md``/``.png``), which is also where
 Hydra saves the run's config, so rerunning the same command resumes the same dataset.
 
 The key is taken from ``ANTHROPIC_API_KEY`` only. A config that carries it (or any ``api_key``-like
@@ -28,16 +32,20 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from distill.config import CONF_DIR
 from distill.teachers.api.client import API_KEY_ENV, RetryPolicy, TeacherClient, api_key_from_env, estimate_tokens
 from distill.teachers.api.filters import filter_file
-from distill.teachers.api.generate import RESULTS, Generator, Sampling
+from distill.teachers.api.generate import RESULTS, Generator
 from distill.teachers.api.pricing import PriceTable
-from distill.teachers.api.prompts import generate_prompts, read_prompts, write_prompts
-from distill.teachers.api.ratelimit import RateLimiter
+from distill.teachers.api.prompts import generate_prompts
+from distill.teachers.api.promptset import read_prompts, write_prompts
+from distill.teachers.api.ratelimit import LimiterPool, limits_from_config
+from distill.teachers.api.report import write_report
+from distill.teachers.api.sampling import Sampling
 
 log = logging.getLogger(__name__)
 
-STAGES = ("prompts", "estimate", "generate", "filter", "all")
+STAGES = ("prompts", "estimate", "generate", "filter", "report", "all")
 _SECRET_KEYS = ("api_key", "apikey", "auth_token", "anthropic_api_key", "x-api-key", "authorization")
 
 
@@ -107,12 +115,11 @@ def _scrub_dir(root: Path, secret: str) -> None:
 
 def build_client(cfg: DictConfig) -> TeacherClient:
     c = cfg.client
-    limiter = RateLimiter(c.get("requests_per_minute"), c.get("tokens_per_minute"),
-                          window_s=float(c.get("rate_window_s", 60.0)))
+    limits = LimiterPool(limits_from_config(OmegaConf.to_container(c, resolve=True)))
     retry = RetryPolicy(max_attempts=int(c.max_attempts), base_delay_s=float(c.backoff_base_s),
                         max_delay_s=float(c.backoff_max_s), max_retry_after_s=float(c.get("max_retry_after_s", 600)))
     return TeacherClient(base_url=c.get("base_url"), timeout_s=float(c.timeout_s), concurrency=int(c.concurrency),
-                         limiter=limiter, retry=retry, seed=int(cfg.get("seed", 0)))
+                         limits=limits, retry=retry, seed=int(cfg.get("seed", 0)))
 
 
 def load_or_make_prompts(cfg: DictConfig, out_dir: Path):
@@ -128,7 +135,8 @@ def load_or_make_prompts(cfg: DictConfig, out_dir: Path):
 
 def estimate_cost(prompts, sampling: Sampling, prices: PriceTable, mean_output_tokens: int) -> dict[str, Any]:
     """Dollars for the prompt set before spending any: expected (4 chars/token in, ``mean_output_tokens``
-    out) and worst case (3 chars/token in, every answer hitting ``max_tokens``), per priced model."""
+    out) and worst case (3 chars/token in, every answer hitting ``max_tokens``), per priced model,
+    and the total over the teachers the run uses (``sampling.models``, or ``sampling.model``)."""
     n = sampling.n
     sys_chars = len(sampling.system_prompt or "")
     calls = len(prompts) * n
@@ -146,20 +154,26 @@ def estimate_cost(prompts, sampling: Sampling, prices: PriceTable, mean_output_t
         worst = (in_worst + sys_chars / 3 * calls) * max(p.input, p.cache_write) / 1e6 + out_worst * p.output / 1e6
         rows[name] = {"expected_usd": round(exp, 2), "expected_batch_usd": round(exp * (1 - prices.batch_discount), 2),
                       "worst_case_usd": round(worst, 2)}
-    return {"calls": calls, "expected_input_tokens": int(in_exp + sys_tok), "expected_output_tokens": int(out_exp),
+    used = [prices.resolve(m) for m in sampling.teachers]
+    total = {k: round(sum(rows[u][k] for u in used), 2) for k in ("expected_usd", "expected_batch_usd", "worst_case_usd")}
+    return {"calls": calls * len(used), "calls_per_model": calls, "teachers": used, "selected_total": total,
+            "expected_input_tokens": int(in_exp + sys_tok), "expected_output_tokens": int(out_exp),
             "assumed_mean_output_tokens": mean_output_tokens, "max_tokens": sampling.max_tokens,
             "system_prompt_cached": cached, "models": rows}
 
 
-def format_estimate(est: dict[str, Any], model_entry: str) -> str:
-    lines = [f"cost estimate: {est['calls']} calls, ~{est['expected_input_tokens']:,} input and "
+def format_estimate(est: dict[str, Any]) -> str:
+    lines = [f"cost estimate: {est['calls']} calls ({est['calls_per_model']} per model), ~{est['expected_input_tokens']:,} input and "
              f"~{est['expected_output_tokens']:,} output tokens (mean {est['assumed_mean_output_tokens']} "
              f"out, max_tokens {est['max_tokens']})",
              f"  {'model':<22}{'expected':>10}{'batch':>10}{'worst':>10}"]
     for name, r in est["models"].items():
-        mark = " <- sampling.model" if name == model_entry else ""
+        mark = " <- used" if name in est["teachers"] else ""
         lines.append(f"  {name:<22}{r['expected_usd']:>10.2f}{r['expected_batch_usd']:>10.2f}"
                      f"{r['worst_case_usd']:>10.2f}{mark}")
+    t = est["selected_total"]
+    lines.append(f"  {'total (used models)':<22}{t['expected_usd']:>10.2f}{t['expected_batch_usd']:>10.2f}"
+                 f"{t['worst_case_usd']:>10.2f}")
     return "\n".join(lines)
 
 
@@ -182,7 +196,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         prices = PriceTable.from_config(OmegaConf.to_container(cfg.pricing, resolve=True))
         est = estimate_cost(prompts, sampling, prices, int(cfg.get("estimate_mean_output_tokens", 700)))
         result["estimate"] = est
-        log.info("%s", format_estimate(est, prices.resolve(sampling.model)))
+        log.info("%s", format_estimate(est))
 
     summary = None
     if stage in ("generate", "all"):
@@ -216,6 +230,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                              OmegaConf.to_container(cfg.filters, resolve=True))
         result["filter"] = report
 
+    if stage in ("report", "all"):
+        result["report"] = write_report(out_dir, title=str(cfg.get("report_title") or out_dir.name))
+        log.info("dataset report: %s", result["report"]["markdown"])
+
     if secret:
         _scrub_dir(out_dir, secret)
     (out_dir / "last_run.json").write_text(json.dumps(result, indent=2, default=str) + "\n", encoding="utf-8")
@@ -226,7 +244,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return result
 
 
-@hydra.main(version_base=None, config_path="../../../conf", config_name="teacher_data")
+# An absolute config dir: Hydra would resolve a relative one as a Python package once installed.
+@hydra.main(version_base=None, config_path=CONF_DIR, config_name="teacher_data")
 def main(cfg: DictConfig) -> None:
     try:
         run(cfg)

@@ -6,6 +6,9 @@ response whose body is not JSON (``anthropic`` raises ``json.JSONDecodeError`` t
 ``APIError``). So the SDK runs with ``max_retries=0`` and :meth:`TeacherClient.create` owns the
 policy: exponential back-off with full jitter, at least the server's ``retry-after`` on
 429/529/5xx, a per-request timeout, and a clear :class:`RequestFailed` once attempts run out.
+Every attempt first takes its share of the model's token buckets
+(:mod:`~distill.teachers.api.ratelimit`), and the response headers of every attempt, failed ones
+included, are fed back to them (the raw-response API gives us the headers next to the body).
 
 The API key is read from ``ANTHROPIC_API_KEY`` only (never from config or the command line, so it
 can never be saved with the run) and passed to the SDK explicitly, which also stops the SDK from
@@ -25,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from distill.teachers.api.pricing import usage_dict
-from distill.teachers.api.ratelimit import RateLimiter
+from distill.teachers.api.ratelimit import LimiterPool, RateLimiter
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +175,7 @@ class TeacherClient:
     """One ``AsyncAnthropic`` shared by all workers, with concurrency, rate and retry control."""
 
     def __init__(self, *, base_url: str | None = None, timeout_s: float = 120.0, concurrency: int = 8,
-                 limiter: RateLimiter | None = None, retry: RetryPolicy | None = None, seed: int = 0,
+                 limits: LimiterPool | None = None, retry: RetryPolicy | None = None, seed: int = 0,
                  api_key: str | None = None):
         import anthropic
         import httpx2
@@ -180,7 +183,7 @@ class TeacherClient:
         self.api_key = api_key or api_key_from_env()
         self.timeout_s = float(timeout_s)
         self.retry = retry or RetryPolicy()
-        self.limiter = limiter or RateLimiter()
+        self.limits = limits or LimiterPool()
         self.concurrency = max(1, int(concurrency))
         self.semaphore = asyncio.Semaphore(self.concurrency)
         self.rng = random.Random(seed)
@@ -202,9 +205,12 @@ class TeacherClient:
         key = desc.split(" (")[0][:40]
         self.retry_reasons[key] = self.retry_reasons.get(key, 0) + 1
 
-    async def call_with_retries(self, fn, *, what: str, tokens: int = 0, limited: bool = True,
-                                deadline_s: float | None = -1.0):
+    async def call_with_retries(self, fn, *, what: str, limiter: RateLimiter | None = None,
+                                cost: tuple[int, int] = (0, 0), deadline_s: float | None = -1.0):
         """Run ``await fn()`` under the retry policy; ``what`` names the request in errors.
+
+        With a ``limiter`` each attempt first takes one request and ``cost`` = (input estimate,
+        output reservation) from its buckets; the server's rate-limit headers go back to it.
 
         ``deadline_s`` bounds one attempt end to end (default: the request timeout plus slack, a
         guard against a server that trickles bytes forever); ``None`` for long downloads such as
@@ -214,7 +220,7 @@ class TeacherClient:
             deadline_s = self.timeout_s + 5.0
         last_desc, last_status = "", None
         for attempt in range(1, self.retry.max_attempts + 1):
-            grant = await self.limiter.acquire(tokens) if limited else None
+            grant = await limiter.acquire(*cost) if limiter is not None else None
             self.attempts += 1
             try:
                 return await asyncio.wait_for(fn(), timeout=deadline_s), grant, attempt
@@ -223,6 +229,8 @@ class TeacherClient:
             except Exception as e:  # noqa: BLE001 - classified below, re-raised if unknown
                 retryable, fatal, status, retry_after, desc = classify(e)
                 last_desc, last_status = desc, status
+                if limiter is not None:
+                    limiter.observe(getattr(getattr(e, "response", None), "headers", None))
                 if fatal:
                     raise FatalAPIError(f"{what}: {desc}; every request would fail the same way, stopping. "
                                         f"Check {API_KEY_ENV}, the model name and the base URL.") from e
@@ -235,8 +243,8 @@ class TeacherClient:
                 if retry_after is not None:
                     ra = min(retry_after, self.retry.max_retry_after_s)
                     delay = ra + self.rng.uniform(0, 0.1 * ra + 0.05)  # never earlier than asked
-                    if status == 429:
-                        self.limiter.pause_until(time.monotonic() + ra)
+                    if status == 429 and limiter is not None:
+                        limiter.pause_until(limiter.clock() + ra)
                 self._note_retry(desc)
                 log.info("%s: attempt %d/%d failed (%s); retrying in %.2fs", what, attempt,
                          self.retry.max_attempts, desc, delay)
@@ -247,16 +255,22 @@ class TeacherClient:
     async def create(self, params: dict[str, Any], *, what: str = "request") -> tuple[dict[str, Any], int]:
         """One Messages call (with retries). Returns ``(message dict, attempts used)``."""
         text = json.dumps(params.get("messages", "")) + json.dumps(params.get("system", ""))
-        tokens = estimate_tokens(text) + int(params.get("max_tokens", 0))
+        cost = (estimate_tokens(text), int(params.get("max_tokens", 0)))
+        limiter = self.limits.for_model(str(params.get("model", "")))
 
         known, extra = split_params(self.sdk.messages.create, params)
 
         async def once():
-            msg = await self.sdk.messages.create(**known, extra_body=extra or None, timeout=self.timeout_s)
+            raw = await self.sdk.messages.with_raw_response.create(**known, extra_body=extra or None,
+                                                                    timeout=self.timeout_s)
+            limiter.observe(raw.headers)
+            msg = raw.parse()
+            if asyncio.iscoroutine(msg):
+                msg = await msg
             return message_to_dict(msg)
 
         async with self.semaphore:
-            result, grant, attempts = await self.call_with_retries(once, what=what, tokens=tokens)
+            result, grant, attempts = await self.call_with_retries(once, what=what, limiter=limiter, cost=cost)
         if grant is not None:
-            self.limiter.settle(grant, sum(result["usage"].values()))
+            limiter.settle(grant, result["usage"])
         return result, attempts

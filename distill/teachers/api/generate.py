@@ -1,12 +1,17 @@
 """Collect ``n`` teacher answers per prompt into ``results.jsonl``, resumably and within budget.
 
-Work is a set of keys ``(prompt_id, sample_idx)``; the results file is the single source of truth
+Work is a set of keys ``(prompt_id, sample_idx, model)`` (:mod:`~distill.teachers.api.sampling`); the results file is the single source of truth
 for which keys are done. A run computes ``pending = all keys - done``, sends them (Messages API
 with a worker pool, or Message Batches), and appends each answer the moment it arrives. So a rerun
 after a crash, a Ctrl-C or a budget stop sends exactly the missing keys, and no key is ever stored
 twice.
 
-A ``manifest.json`` pins the settings that change answers (model, temperature, max_tokens, system
+Each answer is parsed as it arrives when its prompt asked for a rationale
+(:mod:`~distill.teachers.api.rationale`), so the record keeps ``rationale`` and ``answer`` as
+fields of their own. The client's rate-limiter state is kept in the output folder and replayed by
+the next run, so a restart right after a crash stays within the limits.
+
+A ``manifest.json`` pins the settings that change answers (models, temperature, max_tokens, system
 prompt): resuming a folder with different settings would silently mix two datasets, so it is an
 error unless ``allow_settings_change`` is set.
 """
@@ -14,7 +19,6 @@ error unless ``allow_settings_change`` is set.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 import time
@@ -23,9 +27,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping
 
+from distill.teachers.api import rationale
+from distill.teachers.api.batches import run_batches
 from distill.teachers.api.client import FatalAPIError, RequestFailed, TeacherClient, estimate_tokens
 from distill.teachers.api.pricing import CostTracker, PriceTable
-from distill.teachers.api.prompts import Prompt
+from distill.teachers.api.promptset import Prompt
+from distill.teachers.api.ratelimit import state_path
+from distill.teachers.api.sampling import Key, Sampling, prompt_meta, request_params
 from distill.teachers.api.store import ResultStore, append_jsonl
 
 log = logging.getLogger(__name__)
@@ -34,62 +42,6 @@ RESULTS = "results.jsonl"
 ERRORS = "errors.jsonl"
 MANIFEST = "manifest.json"
 SUMMARY = "generation_summary.json"
-
-
-@dataclass
-class Sampling:
-    model: str = "claude-sonnet-4-5"
-    max_tokens: int = 2048
-    temperature: float | None = None  # None = the API default (sent only when set)
-    n: int = 1
-    system_prompt: str | None = None
-    cache_system_prompt: bool = True
-    extra_params: dict[str, Any] = field(default_factory=dict)  # e.g. {output_config: {effort: high}}
-
-    @classmethod
-    def from_config(cls, cfg: Mapping[str, Any]) -> "Sampling":
-        known = set(cls.__dataclass_fields__)
-        unknown = set(cfg) - known
-        if unknown:
-            raise KeyError(f"sampling: unknown keys {sorted(unknown)} (known: {sorted(known)})")
-        s = cls(**{k: v for k, v in dict(cfg).items() if v is not None or k != "extra_params"})
-        if s.n < 1:
-            raise ValueError(f"sampling.n must be >= 1, got {s.n}")
-        if s.max_tokens < 1:
-            raise ValueError(f"sampling.max_tokens must be >= 1, got {s.max_tokens}")
-        return s
-
-    def identity(self) -> dict[str, Any]:
-        """The settings that change what the teacher answers (n is deliberately not among them)."""
-        sys_hash = hashlib.sha256((self.system_prompt or "").encode()).hexdigest()[:16]
-        return {"model": self.model, "temperature": self.temperature, "max_tokens": self.max_tokens,
-                "system_prompt_sha256": sys_hash, "extra_params": self.extra_params}
-
-
-def request_params(prompt: Prompt, s: Sampling) -> dict[str, Any]:
-    params: dict[str, Any] = {"model": s.model, "max_tokens": s.max_tokens,
-                              "messages": [{"role": "user", "content": prompt.text}]}
-    if s.temperature is not None:
-        params["temperature"] = s.temperature
-    reserved = {"model", "max_tokens", "messages", "system"} & set(s.extra_params)
-    if reserved:
-        raise ValueError(f"sampling.extra_params may not set {sorted(reserved)}; use the sampling keys")
-    params.update(s.extra_params)
-    if s.system_prompt:
-        if s.cache_system_prompt:
-            # The shared system prompt is the one prefix every request repeats: mark it cacheable so
-            # calls after the first pay the cache-read price (10% of input) for it.
-            params["system"] = [{"type": "text", "text": s.system_prompt, "cache_control": {"type": "ephemeral"}}]
-        else:
-            params["system"] = s.system_prompt
-    return params
-
-
-def prompt_meta(p: Prompt) -> dict[str, Any]:
-    d = p.to_dict()
-    d.pop("text")
-    d.pop("id")
-    return d
 
 
 @dataclass
@@ -104,6 +56,7 @@ class RunSummary:
     attempts: int = 0
     retries: int = 0
     retry_reasons: dict[str, int] = field(default_factory=dict)
+    rate_limit_wait_s: float = 0.0
     elapsed_s: float = 0.0
 
     @property
@@ -135,7 +88,7 @@ class Generator:
 
     def __init__(self, prompts: list[Prompt], out_dir: str | Path, sampling: Sampling, prices: PriceTable,
                  client: TeacherClient | None, max_cost_usd: float | None = None, progress: bool = True,
-                 allow_settings_change: bool = False, fsync: bool = True):
+                 allow_settings_change: bool = False, fsync: bool = True, keep_rate_state: bool = True):
         self.prompts = {p.id: p for p in prompts}
         if len(self.prompts) != len(prompts):
             log.warning("prompt set has %d duplicate ids; each is sent once", len(prompts) - len(self.prompts))
@@ -143,37 +96,47 @@ class Generator:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.s = sampling
         self.prices = prices
-        prices.price(sampling.model)  # fail now, not after the first paid call, if the model is unpriced
+        for m in sampling.teachers:
+            prices.price(m)  # fail now, not after the first paid call, if a model is unpriced
         self.client = client
         self.tracker = CostTracker(prices, max_cost_usd)
         self.progress = progress
         self.allow_settings_change = allow_settings_change
+        self.keep_rate_state = keep_rate_state
         self.store = ResultStore(self.out_dir / RESULTS, fsync=fsync)
         self.summary = RunSummary()
         self.pbar = None
 
     # -- bookkeeping ---------------------------------------------------------------------------
-    def keys(self) -> list[tuple[str, int]]:
-        return [(pid, i) for pid in self.prompts for i in range(self.s.n)]
+    def keys(self) -> list[Key]:
+        return self.s.keys(self.prompts)
 
-    def pending(self) -> list[tuple[str, int]]:
+    def pending(self) -> list[Key]:
         return [k for k in self.keys() if k not in self.store]
 
-    def worst_case(self, prompt: Prompt, batch: bool = False) -> float:
-        text = prompt.text + (self.s.system_prompt or "")
-        return self.prices.worst_case(self.s.model, estimate_tokens(text), self.s.max_tokens, batch=batch)
+    def worst_case(self, key: Key, batch: bool = False) -> float:
+        text = self.prompts[key[0]].text + (self.s.system_prompt or "")
+        return self.prices.worst_case(key[2], estimate_tokens(text), self.s.max_tokens, batch=batch)
 
-    def make_record(self, key: tuple[str, int], result: dict[str, Any], *, batch: bool, attempts: int,
+    def what(self, key: Key) -> str:
+        who = f" model {key[2]}" if len(self.s.teachers) > 1 else ""
+        return f"prompt {key[0]} sample {key[1]}{who}"
+
+    def make_record(self, key: Key, result: dict[str, Any], *, batch: bool, attempts: int,
                     latency_s: float | None) -> dict[str, Any]:
         p = self.prompts[key[0]]
-        cost = self.tracker.add(self.s.model, result["usage"], batch=batch)
-        return {"prompt_id": key[0], "sample_idx": key[1], "prompt": p.text, "system": self.s.system_prompt,
-                "meta": prompt_meta(p), "completion": result["text"], "stop_reason": result["stop_reason"],
-                "stop_details": result.get("stop_details"), "model": result.get("model") or self.s.model,
-                "requested_model": self.s.model, "temperature": self.s.temperature, "max_tokens": self.s.max_tokens,
-                "usage": result["usage"], "cost_usd": cost, "batch": batch, "message_id": result.get("message_id"),
-                "attempts": attempts, "latency_s": None if latency_s is None else round(latency_s, 3),
-                "created_at": datetime.now(timezone.utc).isoformat()}
+        cost = self.tracker.add(key[2], result["usage"], batch=batch)
+        rec = {"prompt_id": key[0], "sample_idx": key[1], "prompt": p.text, "system": self.s.system_prompt,
+               "meta": prompt_meta(p), "completion": result["text"], "stop_reason": result["stop_reason"],
+               "stop_details": result.get("stop_details"), "model": result.get("model") or key[2],
+               "requested_model": key[2], "temperature": self.s.temperature, "max_tokens": self.s.max_tokens,
+               "usage": result["usage"], "cost_usd": cost, "batch": batch, "message_id": result.get("message_id"),
+               "attempts": attempts, "latency_s": None if latency_s is None else round(latency_s, 3),
+               "created_at": datetime.now(timezone.utc).isoformat()}
+        if p.response_format == "rationale":
+            parsed = rationale.parse(result["text"])
+            rec["rationale"], rec["answer"] = parsed if parsed else (None, None)
+        return rec
 
     def save(self, rec: dict[str, Any]) -> None:
         if self.store.append(rec):
@@ -182,10 +145,11 @@ class Generator:
                 self.pbar.update(1)
                 self._postfix()
 
-    def fail(self, key: tuple[str, int], err: BaseException, attempts: int | None = None) -> None:
+    def fail(self, key: Key, err: BaseException, attempts: int | None = None) -> None:
         self.summary.failed += 1
         self.summary.errors.append(str(err))
-        append_jsonl(self.out_dir / ERRORS, {"prompt_id": key[0], "sample_idx": key[1], "error": str(err),
+        append_jsonl(self.out_dir / ERRORS, {"prompt_id": key[0], "sample_idx": key[1], "model": key[2],
+                                             "error": str(err),
                                              "status": getattr(err, "status", None), "attempts": attempts,
                                              "time": datetime.now(timezone.utc).isoformat()})
         log.error("%s", err)
@@ -211,7 +175,7 @@ class Generator:
             except asyncio.QueueEmpty:
                 return
             prompt = self.prompts[key[0]]
-            reserve = self.worst_case(prompt)
+            reserve = self.worst_case(key)
             if not self.tracker.try_reserve(reserve):
                 self.summary.stopped = self.summary.stopped or "budget"
                 stop.set()
@@ -219,7 +183,7 @@ class Generator:
             t0 = time.monotonic()
             try:
                 result, attempts = await self.client.create(
-                    request_params(prompt, self.s), what=f"prompt {key[0]} sample {key[1]}")
+                    request_params(prompt, self.s, key[2]), what=self.what(key))
             except RequestFailed as e:
                 self.tracker.release(reserve)
                 self.fail(key, e, e.attempts)
@@ -234,7 +198,7 @@ class Generator:
             self.save(self.make_record(key, result, batch=False, attempts=attempts,
                                        latency_s=time.monotonic() - t0))
 
-    async def run_messages(self, pending: list[tuple[str, int]], concurrency: int) -> None:
+    async def run_messages(self, pending: list[Key], concurrency: int) -> None:
         queue: asyncio.Queue = asyncio.Queue()
         for k in pending:
             queue.put_nowait(k)
@@ -253,14 +217,17 @@ class Generator:
         t0 = time.monotonic()
         check_manifest(self.out_dir, self.s, self.allow_settings_change)
         with self.store:
+            if self.client is not None and self.keep_rate_state:
+                # After the store's lock: only the folder's one writer may replay and compact it.
+                self.client.limits.open_state(state_path(self.out_dir))
             for rec in self.store.records.values():  # the budget covers the whole folder, reruns included
                 self.tracker.add_existing(rec.get("usage") or {}, rec.get("cost_usd") or 0.0)
             keys = self.keys()
             pending = self.pending()
             self.summary.total = len(keys)
             self.summary.done_before = len(keys) - len(pending)
-            log.info("teacher data: %d prompts x %d samples = %d answers; %d done already, %d to request "
-                     "(spent so far $%.4f)", len(self.prompts), self.s.n, len(keys), self.summary.done_before,
+            log.info("teacher data: %d prompts x %d samples x %d model(s) = %d answers; %d done already, %d to request "
+                     "(spent so far $%.4f)", len(self.prompts), self.s.n, len(self.s.teachers), len(keys), self.summary.done_before,
                      len(pending), self.tracker.spent)
             self.open_progress(len(keys), self.summary.done_before)
             try:
@@ -268,8 +235,6 @@ class Generator:
                     if mode == "messages":
                         await self.run_messages(pending, concurrency)
                     elif mode == "batch":
-                        from distill.teachers.api.batches import run_batches
-
                         await run_batches(self, pending, dict(batch_cfg or {}))
                     else:
                         raise ValueError(f"mode must be 'messages' or 'batch', got {mode!r}")
@@ -281,6 +246,8 @@ class Generator:
                     self.pbar.close()
                 self.summary.cost = self.tracker.summary()
                 if self.client is not None:
+                    self.client.limits.close()
+                    self.summary.rate_limit_wait_s = round(self.client.limits.waited_s, 3)
                     self.summary.attempts = self.client.attempts
                     self.summary.retries = self.client.retries
                     self.summary.retry_reasons = dict(self.client.retry_reasons)

@@ -1,93 +1,408 @@
-"""Client-side sliding-window limiter for requests and tokens per window (per minute by default).
+"""Client-side token buckets for the API's three limits, kept across restarts.
 
-Why client-side when the API enforces its own limits: a 429 costs a round trip and a back-off, and
-a burst of ``concurrency`` requests at start-up would trip it every time. Keeping under the
-organisation's limit on our side turns the 429 path into the exception it should be.
+The Messages API limits requests (RPM), input tokens (ITPM) and output tokens (OTPM) per minute,
+separately, per model class, with token buckets that refill continuously: a limit of 60 RPM may
+be enforced as about one request per second, so a burst that a "60 per minute" window would allow
+still meets 429s. This module mirrors that, one :class:`TokenBucket` per limit:
 
-Why a sliding window log and not a token bucket: a bucket allows a burst of ``capacity`` on top of
-the refill rate, so "at most N per minute" can be exceeded in any 60 s window that straddles a
-refill; a log of grants guarantees that **every** window of ``window_s`` seconds holds at most
-``requests_per_window`` grants and ``tokens_per_window`` reserved tokens. Tokens are reserved
-up front (an estimate of input plus ``max_tokens``, which bounds the output) and corrected to the
-billed count once the response arrives.
+* **Capacity** (``burst_requests`` requests; ``burst_tokens_s`` seconds of refill for tokens) is
+  what may go out at once. The default of one request means requests leave evenly spaced.
+* **Refill rate** is ``(limit - capacity) / period_s``, a hair under the limit, so that *every*
+  window of ``period_s`` seconds, however placed, holds at most ``limit``: a bucket lets through at
+  most ``capacity + rate * T`` in any span ``T``. With one request of capacity a 10 s window holds
+  at most ``rpm/6 + 1`` requests.
+* **Costs.** A request takes one request token, its input estimate (a deliberately high count of
+  the text, see ``client.estimate_tokens``) and ``max_tokens`` of output, all before it is sent;
+  when the answer arrives the difference to the billed usage is given back. Input counts
+  ``input_tokens + cache_creation_input_tokens``; cache reads count only with
+  ``cache_reads_count: true`` (older models), because for current models the API does not count
+  them toward ITPM. A request costlier than a bucket's capacity waits for a full bucket and takes
+  it into debt, so the long-run rate still holds.
+* **Server feedback.** ``anthropic-ratelimit-{requests,input-tokens,output-tokens}-remaining``
+  lowers a bucket that thinks it holds more than the server says (other clients of the same
+  organisation share the limit); a ``-limit`` below the configured one lowers the rate for the
+  rest of the run; ``retry-after`` on a 429 pauses every caller of that model.
+* **Restarts.** Every take and give-back is appended to a state file in the output folder
+  (``ratelimit_state.jsonl``) *before* the request is sent, and a new run replays it. So a run
+  killed with ``kill -9`` and restarted at once continues from the level its predecessor left,
+  instead of from a full bucket, and the two runs together stay within the limit.
+
+The buckets are pure (time is passed in); :class:`RateLimiter` adds the waiting, with an
+injectable clock and sleep so tests can run a minute of traffic in no time.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import time
-from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+log = logging.getLogger(__name__)
+
+DIMS = ("requests", "input_tokens", "output_tokens")
+HEADER_DIMS = {"requests": "requests", "input_tokens": "input-tokens", "output_tokens": "output-tokens"}
+# The API rounds token counts in its headers to the nearest thousand; trust them only that far.
+HEADER_SLACK = {"requests": 0.0, "input_tokens": 500.0, "output_tokens": 500.0}
+STATE_FILE = "ratelimit_state.jsonl"
+
+
+@dataclass
+class Limits:
+    """What ``client.*`` configures; ``None`` switches a limit off."""
+
+    requests_per_minute: float | None = None
+    input_tokens_per_minute: float | None = None
+    output_tokens_per_minute: float | None = None
+    burst_requests: float = 1.0
+    burst_tokens_s: float = 1.0
+    period_s: float = 60.0
+    cache_reads_count: bool = False
+
+    def __post_init__(self):
+        for name in ("requests_per_minute", "input_tokens_per_minute", "output_tokens_per_minute"):
+            v = getattr(self, name)
+            if v is not None and v <= 0:
+                raise ValueError(f"client.{name} must be > 0 or null, got {v}")
+        if self.burst_requests < 1:
+            raise ValueError(f"client.burst_requests must be >= 1 (a bucket must hold one request), "
+                             f"got {self.burst_requests}")
+        if self.burst_tokens_s <= 0 or self.period_s <= 0:
+            raise ValueError(f"client.burst_tokens_s and client.rate_period_s must be > 0, got "
+                             f"{self.burst_tokens_s} and {self.period_s}")
+
+    def limit(self, dim: str) -> float | None:
+        return {"requests": self.requests_per_minute, "input_tokens": self.input_tokens_per_minute,
+                "output_tokens": self.output_tokens_per_minute}[dim]
+
+    def capacity(self, dim: str, limit: float) -> float:
+        if dim == "requests":
+            return float(self.burst_requests)
+        return max(1.0, limit * self.burst_tokens_s / self.period_s)
+
+
+@dataclass
+class TokenBucket:
+    """``level`` tokens out of ``capacity``, refilled at ``rate`` per second since time ``t``."""
+
+    capacity: float
+    rate: float
+    level: float
+    t: float
+
+    @classmethod
+    def for_limit(cls, limit: float, capacity: float, period_s: float, now: float) -> "TokenBucket":
+        capacity = min(capacity, limit)
+        # limit - capacity per period keeps every period-long window at or under the limit; a
+        # capacity that large (limit <= 2 x capacity) would starve, so such a bucket runs at half.
+        spare = limit - capacity if limit >= 2 * capacity else limit / 2
+        return cls(capacity=capacity, rate=spare / period_s, level=capacity, t=now)
+
+    def refill(self, now: float) -> None:
+        if now > self.t:
+            self.level = min(self.capacity, self.level + (now - self.t) * self.rate)
+            self.t = now
+
+    def wait_s(self, cost: float, now: float) -> float:
+        """Seconds until ``cost`` may be taken (0 = now). A cost above capacity needs a full bucket."""
+        self.refill(now)
+        need = min(cost, self.capacity) - self.level
+        return 0.0 if need <= 1e-6 else need / self.rate
+
+    def take(self, cost: float, now: float) -> None:
+        self.refill(now)
+        self.level -= cost
+
+    def give(self, amount: float, now: float) -> None:
+        self.refill(now)
+        self.level = min(self.capacity, self.level + amount)
+
+    def cap_level(self, most: float, now: float) -> None:
+        self.refill(now)
+        self.level = min(self.level, most)
 
 
 @dataclass
 class Grant:
     t: float
-    tokens: int
+    cost: dict[str, float]
+    settled: bool = False
+
+
+def _build(limits: Limits, now: float) -> dict[str, TokenBucket]:
+    out = {}
+    for dim in DIMS:
+        lim = limits.limit(dim)
+        if lim is not None:
+            out[dim] = TokenBucket.for_limit(float(lim), limits.capacity(dim, float(lim)), limits.period_s, now)
+    return out
+
+
+def replay(events: list[Mapping[str, Any]], limits: Limits, name: str, now: float
+           ) -> tuple[dict[str, TokenBucket], float]:
+    """Bucket levels and pause end at ``now`` after the logged events of limiter ``name``.
+
+    Levels start full before the first event (what a fresh process would assume) and follow every
+    logged take, give-back and snapshot in time order, so the result is the level the logging
+    process had, minus the refunds it never lived to log: requests in flight at a crash stay
+    charged in full, which errs on the safe side.
+    """
+    mine = sorted((e for e in events if e.get("n") == name), key=lambda e: float(e["t"]))
+    start = float(mine[0]["t"]) if mine else now
+    buckets = _build(limits, start)
+    paused = 0.0
+    for e in mine:
+        t = min(float(e["t"]), now)
+        if "levels" in e:
+            for dim, lvl in e["levels"].items():
+                if dim in buckets:
+                    buckets[dim].refill(t)
+                    buckets[dim].level = min(buckets[dim].capacity, float(lvl))
+        for dim, d in (e.get("d") or {}).items():
+            if dim in buckets:
+                if d >= 0:
+                    buckets[dim].take(float(d), t)
+                else:
+                    buckets[dim].give(-float(d), t)
+        if "pause" in e:
+            paused = max(paused, float(e["pause"]))
+    for b in buckets.values():
+        b.refill(now)
+    return buckets, paused
+
+
+class StateLog:
+    """The append-only state file shared by the limiters of one run (one line per event)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.events: list[dict[str, Any]] = []
+        if self.path.exists():
+            for line in self.path.read_text(encoding="utf-8").splitlines():
+                try:
+                    self.events.append(json.loads(line))
+                except json.JSONDecodeError:  # a line torn by a crash: the rest is still valid
+                    log.warning("%s: skipping a torn line (interrupted write)", self.path)
+        self._fh = None
+
+    def compact(self, snapshots: list[dict[str, Any]]) -> None:
+        """Replace the file by one snapshot per limiter (atomically), then append from there."""
+        tmp = self.path.with_suffix(self.path.suffix + ".tmp")
+        tmp.write_text("".join(json.dumps(s) + "\n" for s in snapshots), encoding="utf-8")
+        tmp.replace(self.path)
+        self.events = list(snapshots)
+
+    def append(self, event: dict[str, Any]) -> None:
+        if self._fh is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fh = open(self.path, "a", encoding="utf-8")
+        # One write, flushed to the OS before the request leaves: a SIGKILL cannot lose it.
+        self._fh.write(json.dumps(event) + "\n")
+        self._fh.flush()
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
 
 
 class RateLimiter:
-    def __init__(self, requests_per_window: int | None = None, tokens_per_window: int | None = None,
-                 window_s: float = 60.0, clock=time.monotonic):
-        if requests_per_window is not None and requests_per_window < 1:
-            raise ValueError(f"requests_per_minute must be >= 1 or null, got {requests_per_window}")
-        if tokens_per_window is not None and tokens_per_window < 1:
-            raise ValueError(f"tokens_per_minute must be >= 1 or null, got {tokens_per_window}")
-        self.rpw = requests_per_window
-        self.tpw = tokens_per_window
-        self.window = float(window_s)
+    """The buckets of one model class, with waiting, server feedback and an optional state log."""
+
+    def __init__(self, limits: Limits | None = None, *, name: str = "default", clock: Callable[[], float] = time.time,
+                 sleep: Callable[[float], Any] = asyncio.sleep, state: StateLog | None = None):
+        self.limits = limits or Limits()
+        self.name = name
         self.clock = clock
-        self._grants: deque[Grant] = deque()
-        self._lock = asyncio.Lock()
-        self._paused_until = 0.0
-        self.grant_times: list[float] = []  # kept for tests and the run summary (monotonic clock)
+        self.sleep = sleep
+        self.state = state
+        now = clock()
+        if state is not None:
+            self.buckets, self._paused_until = replay(state.events, self.limits, name, now)
+        else:
+            self.buckets, self._paused_until = _build(self.limits, now), 0.0
+        self._lock: asyncio.Lock | None = None
+        self.grant_times: list[float] = []  # for tests and the run summary (clock time)
+        self.waited_s = 0.0
+        self._lowered: set[str] = set()
 
-    def _prune(self, now: float) -> None:
-        while self._grants and self._grants[0].t <= now - self.window:
-            self._grants.popleft()
+    def snapshot(self) -> dict[str, Any]:
+        now = self.clock()
+        for b in self.buckets.values():
+            b.refill(now)
+        ev = {"n": self.name, "t": now, "levels": {d: b.level for d, b in self.buckets.items()}}
+        if self._paused_until > now:
+            ev["pause"] = self._paused_until
+        return ev
 
-    def _tokens_in_window(self) -> int:
-        return sum(g.tokens for g in self._grants)
+    def _log(self, event: dict[str, Any]) -> None:
+        if self.state is not None:
+            self.state.append({"n": self.name, **event})
 
-    def pause_until(self, t: float) -> None:
-        """Hold every caller until monotonic time ``t`` (a server ``retry-after`` applies to all)."""
-        self._paused_until = max(self._paused_until, t)
+    def check_fits(self, cost: Mapping[str, float]) -> None:
+        for dim, b in self.buckets.items():
+            lim = self.limits.limit(dim)
+            if cost.get(dim, 0) > lim:
+                key = {"input_tokens": "input_tokens_per_minute", "output_tokens": "output_tokens_per_minute"}[dim]
+                raise ValueError(f"one request needs {int(cost[dim])} {dim.replace('_', ' ')}, more than "
+                                 f"client.{key}={lim}; raise the limit or lower max_tokens / the prompt size")
 
-    async def acquire(self, tokens: int = 0) -> Grant:
-        """Wait until one more request of ``tokens`` fits the window, then record it.
+    async def acquire(self, input_tokens: float = 0, output_tokens: float = 0) -> Grant:
+        """Wait until one request of this size fits every bucket, take it, log it, return the grant.
 
-        The lock serialises waiters so grants are handed out in arrival order (no starvation of a
-        large request by a stream of small ones).
+        The lock serialises waiters so grants go in arrival order (a large request is not starved
+        by a stream of small ones).
         """
-        if self.tpw is not None and tokens > self.tpw:
-            raise ValueError(f"one request needs {tokens} tokens, more than tokens_per_minute={self.tpw}; "
-                             f"raise the limit or lower max_tokens")
+        cost = {"requests": 1.0, "input_tokens": float(input_tokens), "output_tokens": float(output_tokens)}
+        self.check_fits(cost)
+        if self._lock is None:
+            self._lock = asyncio.Lock()
         async with self._lock:
             while True:
                 now = self.clock()
-                if now < self._paused_until:
-                    await asyncio.sleep(self._paused_until - now)
-                    continue
-                self._prune(now)
-                wait = 0.0
-                if self.rpw is not None and len(self._grants) >= self.rpw:
-                    wait = max(wait, self._grants[0].t + self.window - now)
-                if self.tpw is not None and self._tokens_in_window() + tokens > self.tpw:
-                    # Wait until enough old grants leave the window to make room.
-                    need = self._tokens_in_window() + tokens - self.tpw
-                    freed = 0
-                    for g in self._grants:
-                        freed += g.tokens
-                        if freed >= need:
-                            wait = max(wait, g.t + self.window - now)
-                            break
+                wait = self._paused_until - now
+                for dim, b in self.buckets.items():
+                    wait = max(wait, b.wait_s(cost[dim], now))
                 if wait <= 0:
-                    g = Grant(now, int(tokens))
-                    self._grants.append(g)
+                    taken = {d: cost[d] for d in self.buckets}
+                    for d, b in self.buckets.items():
+                        b.take(cost[d], now)
+                    self._log({"t": now, "d": taken})
                     self.grant_times.append(now)
-                    return g
-                await asyncio.sleep(wait + 1e-3)
+                    return Grant(now, taken)
+                self.waited_s += wait
+                # At least 0.1 ms: clock readings near 1.7e9 s resolve only ~0.2 us, so a shorter
+                # sleep could leave the clock where it was and spin.
+                await self.sleep(max(wait, 1e-4))
 
-    def settle(self, grant: Grant, actual_tokens: int) -> None:
-        """Replace a grant's reserved tokens by what the server billed (usually fewer)."""
-        grant.tokens = int(actual_tokens)
+    def settle(self, grant: Grant, usage: Mapping[str, int] | None) -> None:
+        """Give back what was reserved but not billed (or charge what was billed beyond it)."""
+        if grant.settled or usage is None:
+            return
+        grant.settled = True
+        billed_in = int(usage.get("input_tokens") or 0) + int(usage.get("cache_creation_input_tokens") or 0)
+        if self.limits.cache_reads_count:
+            billed_in += int(usage.get("cache_read_input_tokens") or 0)
+        billed = {"input_tokens": billed_in, "output_tokens": int(usage.get("output_tokens") or 0)}
+        now = self.clock()
+        delta = {}
+        for dim, actual in billed.items():
+            if dim in self.buckets:
+                d = actual - grant.cost.get(dim, 0.0)  # negative: a give-back
+                if d:
+                    (self.buckets[dim].take(d, now) if d > 0 else self.buckets[dim].give(-d, now))
+                    delta[dim] = d
+        if delta:
+            self._log({"t": now, "d": delta})
+
+    def pause_until(self, t: float) -> None:
+        """Hold every caller until clock time ``t`` (a server ``retry-after`` applies to all)."""
+        if t > self._paused_until:
+            self._paused_until = t
+            self._log({"t": self.clock(), "pause": t})
+
+    def observe(self, headers: Any) -> None:
+        """Adapt to ``anthropic-ratelimit-*`` response headers (missing ones are ignored)."""
+        if headers is None:
+            return
+        now = self.clock()
+        for dim, b in self.buckets.items():
+            h = HEADER_DIMS[dim]
+            lim = _num(headers.get(f"anthropic-ratelimit-{h}-limit"))  # per minute
+            mine = self.limits.limit(dim)  # per period_s
+            per_period = None if lim is None else lim * self.limits.period_s / 60.0
+            if per_period is not None and mine is not None and per_period < mine and dim not in self._lowered:
+                self._lowered.add(dim)
+                log.warning("the server's %s limit is %g per minute, below client.%s=%g; pacing to the "
+                            "server's limit", dim.replace("_", " "), lim, _key(dim), mine)
+                nb = TokenBucket.for_limit(per_period, self.limits.capacity(dim, per_period),
+                                           self.limits.period_s, now)
+                nb.level = min(b.level, nb.capacity)
+                self.buckets[dim] = b = nb
+            rem = _num(headers.get(f"anthropic-ratelimit-{h}-remaining"))
+            if rem is not None:
+                b.cap_level(rem + HEADER_SLACK[dim], now)
+
+
+def _key(dim: str) -> str:
+    return {"requests": "requests_per_minute", "input_tokens": "input_tokens_per_minute",
+            "output_tokens": "output_tokens_per_minute"}[dim]
+
+
+def _num(v: Any) -> float | None:
+    if v is None or v == "":
+        return None
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return None
+
+
+@dataclass
+class LimiterPool:
+    """One :class:`RateLimiter` per model (the API limits each model class on its own).
+
+    :meth:`open_state` replays a state file (before any limiter is used), compacts it to one
+    snapshot per limiter, and from then on every limiter logs to it; :meth:`close` writes a final
+    snapshot.
+    """
+
+    limits: Limits = field(default_factory=Limits)
+    clock: Callable[[], float] = time.time
+    sleep: Callable[[float], Any] = asyncio.sleep
+    limiters: dict[str, RateLimiter] = field(default_factory=dict)
+    state: StateLog | None = None
+
+    def open_state(self, path: str | Path) -> None:
+        if self.limiters and any(lim.grant_times for lim in self.limiters.values()):
+            raise RuntimeError("LimiterPool.open_state() must come before the first request")
+        self.state = StateLog(path)
+        self.limiters = {}
+        for n in sorted({e.get("n") for e in self.state.events if e.get("n")}):
+            self.limiters[n] = RateLimiter(self.limits, name=n, clock=self.clock, sleep=self.sleep, state=self.state)
+        self.state.compact([lim.snapshot() for lim in self.limiters.values()])
+
+    def for_model(self, model: str) -> RateLimiter:
+        if model not in self.limiters:
+            self.limiters[model] = RateLimiter(self.limits, name=model, clock=self.clock, sleep=self.sleep,
+                                               state=self.state)
+        return self.limiters[model]
+
+    @property
+    def grant_times(self) -> list[float]:
+        return sorted(t for lim in self.limiters.values() for t in lim.grant_times)
+
+    @property
+    def waited_s(self) -> float:
+        return sum(lim.waited_s for lim in self.limiters.values())
+
+    def close(self) -> None:
+        if self.state is not None:
+            self.state.close()
+            self.state.compact([lim.snapshot() for lim in self.limiters.values()])
+            self.state = None
+            for lim in self.limiters.values():
+                lim.state = None
+
+
+def limits_from_config(c: Mapping[str, Any]) -> Limits:
+    """``client.*`` -> :class:`Limits`; the old single ``tokens_per_minute`` is refused by name."""
+    if c.get("tokens_per_minute") is not None:
+        raise KeyError("client.tokens_per_minute was split: the API limits input and output tokens separately. "
+                       "Set client.input_tokens_per_minute and client.output_tokens_per_minute instead.")
+    return Limits(requests_per_minute=c.get("requests_per_minute"),
+                  input_tokens_per_minute=c.get("input_tokens_per_minute"),
+                  output_tokens_per_minute=c.get("output_tokens_per_minute"),
+                  burst_requests=float(c.get("burst_requests", 1)), burst_tokens_s=float(c.get("burst_tokens_s", 1.0)),
+                  period_s=float(c.get("rate_period_s", 60.0)), cache_reads_count=bool(c.get("cache_reads_count", False)))
+
+
+def state_path(out_dir: str | Path) -> Path:
+    return Path(out_dir) / STATE_FILE
+
+
+__all__ = ["DIMS", "Grant", "LimiterPool", "Limits", "RateLimiter", "StateLog", "TokenBucket", "limits_from_config",
+           "replay", "state_path", "os"]

@@ -7,7 +7,8 @@ extra tooling. The only damage a crash can do is a half-written **last** line; :
 detects it, moves the fragment to a side file and truncates the results back to the last complete
 record, so the rerun simply asks for that sample again.
 
-Each record is keyed by ``(prompt_id, sample_idx)``. A rerun reads the keys that are done and skips
+Each record is keyed by ``(prompt_id, sample_idx, model)`` (the requested model: several teachers
+may answer the same prompt). A rerun reads the keys that are done and skips
 them; a key that somehow appears twice (two processes sharing a folder) is reported and only its
 first record is used. Two generators writing the same folder at once are prevented up front with an
 exclusive ``flock`` on ``<file>.lock``, which the OS releases even on ``SIGKILL``.
@@ -25,7 +26,7 @@ from typing import Any, Iterator
 
 log = logging.getLogger(__name__)
 
-Key = tuple[str, int]
+Key = tuple[str, int, str]
 
 
 class CorruptStoreError(RuntimeError):
@@ -37,7 +38,7 @@ class StoreLockedError(RuntimeError):
 
 
 def record_key(rec: dict[str, Any]) -> Key:
-    return str(rec["prompt_id"]), int(rec["sample_idx"])
+    return str(rec["prompt_id"]), int(rec["sample_idx"]), str(rec.get("requested_model") or rec.get("model") or "")
 
 
 def read_jsonl(path: str | Path, *, tolerate_corrupt_tail: bool = True) -> Iterator[dict[str, Any]]:
@@ -154,7 +155,7 @@ class ResultStore:
         if good_end < len(data):
             self._repair(data, good_end)
         if self.duplicates:
-            log.warning("%s: %d duplicate records (same prompt_id and sample_idx); the first of each is used",
+            log.warning("%s: %d duplicate records (same prompt_id, sample_idx and model); the first of each is used",
                         self.path, self.duplicates)
 
     def _repair(self, data: bytes, good_end: int, add_newline: bool = False) -> None:

@@ -14,6 +14,18 @@ text, so a test decides exactly which request misbehaves regardless of concurren
     [[refuse]]      answered with ``stop_reason: refusal``
     [[truncate]]    answered with ``stop_reason: max_tokens``
     [[batcherr]]    in a batch: an ``errored`` result
+    [[disagree]]    in a rationale reply: the rationale names a function the code does not have
+
+A prompt that carries the rationale instruction (``<rationale>`` ... ``<answer>``) is answered in
+that format. ``broken={"model": fraction}`` makes that share of a model's answers (chosen by a hash
+of the prompt) syntactically broken, so teachers of different quality can be told apart.
+
+``rate_limits={"rpm": ..., "itpm": ..., "otpm": ...}`` (per ``period_s``, default 60) makes the
+server enforce token buckets per model the way the API does: continuous refill, a capacity of one
+second's refill (at least one request), input counted on arrival (cache reads excluded), output
+counted when the answer is sent. A request that does not fit gets a real 429 with ``retry-after``
+(logged with ``fault="ratelimited"``, told apart from scripted ``[[429]]`` faults), and every
+Messages response carries ``anthropic-ratelimit-{requests,input-tokens,output-tokens}-*`` headers.
 
 Attempts are counted per request body, which is identical across retries of one sample. The
 server counts its requests and refuses (503, ``x-should-retry: false``) beyond ``max_requests``,
@@ -80,13 +92,18 @@ def _free_port() -> int:
 
 class FakeAnthropic:
     def __init__(self, api_key: str = TEST_KEY, latency_s: float = 0.0, max_requests: int = 2000,
-                 lifetime_s: float = 120.0, batch_delay_s: float = 0.3, cache_min_chars: int = 0):
+                 lifetime_s: float = 120.0, batch_delay_s: float = 0.3, cache_min_chars: int = 0,
+                 rate_limits: dict | None = None, period_s: float = 60.0, broken: dict | None = None):
         self.api_key = api_key
         self.latency_s = latency_s
         self.max_requests = max_requests
         self.lifetime_s = lifetime_s
         self.batch_delay_s = batch_delay_s
         self.cache_min_chars = cache_min_chars
+        self.rate_limits = dict(rate_limits or {})
+        self.period_s = period_s
+        self.broken = dict(broken or {})
+        self.buckets: dict[str, dict[str, list[float]]] = {}  # model -> dim -> [level, t, capacity, rate]
         self.lock = threading.Lock()
         self.log: list[dict] = []            # every request: t, path, status, body hash, fault
         self.attempts: Counter = Counter()   # per body hash
@@ -126,6 +143,76 @@ class FakeAnthropic:
     def statuses(self) -> Counter:
         return Counter(e["status"] for e in self.log if e["path"] == "/v1/messages")
 
+    def ratelimited(self) -> int:
+        return sum(1 for e in self.log if e.get("fault") == "ratelimited")
+
+    # -- the server's own token buckets --------------------------------------------------------
+    _DIMS = {"rpm": "requests", "itpm": "input-tokens", "otpm": "output-tokens"}
+
+    def _bucket(self, model: str, dim: str, now: float) -> list[float]:
+        per_model = self.buckets.setdefault(model, {})
+        if dim not in per_model:
+            limit = float(self.rate_limits[dim])
+            cap = max(1.0, limit / self.period_s)  # one second of refill: "60 RPM ~ 1 request per second"
+            per_model[dim] = [cap, now, cap, limit / self.period_s]
+        b = per_model[dim]
+        b[0] = min(b[2], b[0] + (now - b[1]) * b[3])
+        b[1] = now
+        return b
+
+    def admit(self, model: str, input_cost: int) -> float | None:
+        """Take a request and its input from the buckets; ``None`` if admitted, else seconds to wait."""
+        if not self.rate_limits:
+            return None
+        now = time.monotonic()
+        with self.lock:
+            cost = {"rpm": 1.0, "itpm": float(input_cost), "otpm": 1e-9}
+            wait = 0.0
+            for dim in self.rate_limits:
+                b = self._bucket(model, dim, now)
+                need = min(cost[dim], b[2]) - b[0]
+                if need > 1e-9:
+                    wait = max(wait, need / b[3])
+            if wait > 0:
+                return wait
+            for dim in self.rate_limits:
+                if dim != "otpm":
+                    self._bucket(model, dim, now)[0] -= cost[dim]
+            return None
+
+    def charge_output(self, model: str, tokens: int) -> None:
+        if "otpm" in self.rate_limits:
+            with self.lock:
+                self._bucket(model, "otpm", time.monotonic())[0] -= tokens
+
+    def rl_headers(self, model: str) -> dict:
+        if not self.rate_limits:
+            return {}
+        now = time.monotonic()
+        out = {}
+        with self.lock:
+            for dim, name in self._DIMS.items():
+                if dim not in self.rate_limits:
+                    continue
+                b = self._bucket(model, dim, now)
+                full = datetime.now(timezone.utc) + timedelta(seconds=max(0.0, (b[2] - b[0]) / b[3]))
+                out[f"anthropic-ratelimit-{name}-limit"] = str(int(self.rate_limits[dim] * 60 / self.period_s))
+                out[f"anthropic-ratelimit-{name}-remaining"] = str(max(0, int(b[0])))
+                out[f"anthropic-ratelimit-{name}-reset"] = _iso(full.replace(microsecond=0))
+        return out
+
+    def input_cost(self, body: dict) -> int:
+        """Input tokens as the API counts them toward ITPM: cache reads excluded."""
+        system = body.get("system")
+        sys_text = ""
+        if isinstance(system, list):
+            text = "".join(b.get("text", "") for b in system)
+            cached = any("cache_control" in b for b in system) and len(text) >= self.cache_min_chars
+            sys_text = "" if cached and text in self.cached_systems else text
+        elif isinstance(system, str):
+            sys_text = system
+        return _tokens(json.dumps(body.get("messages")) + sys_text)
+
     # -- the fake model ------------------------------------------------------------------------
     def answer(self, body: dict, salt: int) -> tuple[str, str]:
         """A varied, syntactically valid answer in the language the prompt asks for."""
@@ -144,7 +231,16 @@ class FakeAnthropic:
         rng = random.Random(h)
         words = " ".join(rng.choice(WORDS) for _ in range(40))
         code = SNIPPETS[lang].format(h=h[:8], n=rng.randint(1, 99), m=rng.randint(2, 9))
-        text = f"Here is a {LANG_NAMES[lang]} solution.\n\n{code}\n\nWhy it works: {words}."
+        share = self.broken.get(body.get("model"), 0.0)
+        if share and int(hashlib.sha1(prompt.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < share:
+            code = code.replace("return total", "return total (((", 1).replace("total;", "total (((;", 1)
+        if "<rationale>" in prompt and "<answer>" in prompt:
+            fn = "helper_that_is_not_there" if "[[disagree]]" in prompt else f"solve_{h[:8]}"
+            text = (f"<rationale>\nThe task needs a running total. I will write `{fn}(values)`, which starts "
+                    f"from a constant and adds each value times a factor; an empty list returns the constant. "
+                    f"{words}.\n</rationale>\n<answer>\n{code}\n</answer>")
+        else:
+            text = f"Here is a {LANG_NAMES[lang]} solution.\n\n{code}\n\nWhy it works: {words}."
         if "[[truncate]]" in prompt:
             return text[: len(text) // 2], "max_tokens"
         limit = int(body.get("max_tokens") or 10**9) * 4  # the fake tokenizer: 4 chars per token
@@ -265,17 +361,25 @@ class FakeAnthropic:
 
             def _messages(self, body):
                 h = hashlib.sha1(json.dumps(body, sort_keys=True).encode()).hexdigest()[:12]
+                model = str(body.get("model", ""))
+                wait = server.admit(model, server.input_cost(body))
+                if wait is not None:  # the server's own bucket said no: a real 429, not a scripted one
+                    self._entry(429, h, "ratelimited")
+                    hdr = {**server.rl_headers(model), "retry-after": f"{max(1, int(wait + 0.999))}"}
+                    return self._error(429, "rate_limit_error", "rate limit exceeded (server token bucket)", hdr)
                 kind, param = server.fault(body)
                 entry = self._entry({"429": 429, "529": 529, "500": 500}.get(kind or "", 200), h, kind)
+                entry["model"] = model
                 if server.latency_s:
                     time.sleep(server.latency_s)
+                hdr = server.rl_headers(model)
                 if kind == "429":
                     return self._error(429, "rate_limit_error", "rate limited",
-                                       {"retry-after": f"{param if param is not None else 1}"})
+                                       {**hdr, "retry-after": f"{param if param is not None else 1}"})
                 if kind == "529":
-                    return self._error(529, "overloaded_error", "Overloaded")
+                    return self._error(529, "overloaded_error", "Overloaded", hdr)
                 if kind == "500":
-                    return self._error(500, "api_error", "Internal server error")
+                    return self._error(500, "api_error", "Internal server error", hdr)
                 if kind == "slow":
                     time.sleep(param or 5.0)
                     return self._send(200, None, raw=b'{"late": true}')  # never a billed message
@@ -286,8 +390,9 @@ class FakeAnthropic:
                 if "model" not in body or "max_tokens" not in body or not body.get("messages"):
                     return self._error(400, "invalid_request_error", "model, max_tokens and messages are required")
                 msg = server.message(body)
+                server.charge_output(model, msg["usage"]["output_tokens"])
                 entry["tokens"] = server.billed_tokens(msg)
-                self._send(200, msg)
+                self._send(200, msg, server.rl_headers(model))
 
             def _batch_obj(self, b):
                 now = datetime.now(timezone.utc)
@@ -373,7 +478,8 @@ def compose_teacher_cfg(out_dir, base_url: str, overrides=()):
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    base = [f"out_dir={out_dir}", f"client.base_url={base_url}",
+    base = [f"out_dir={out_dir}", f"client.base_url={base_url}", "client.requests_per_minute=60000",
+            "client.input_tokens_per_minute=null", "client.output_tokens_per_minute=null",
             "progress=false", "client.timeout_s=5", "client.backoff_base_s=0.05", "client.backoff_max_s=0.2",
             "client.max_attempts=4", "client.concurrency=4", "client.fsync=false", "sampling.max_tokens=512",
             "teacher_data/prompts=small", "prompts.num_prompts=12", "batch.poll_interval_s=0.05"]

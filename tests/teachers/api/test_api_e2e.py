@@ -93,12 +93,12 @@ def test_tiny_student_trains_on_the_filtered_set_with_prompts_masked(teacher_dat
 
 def test_distill_train_runs_on_the_filtered_set(teacher_dataset, tiny_cfg, tmp_path):
     """The real training entry point: data=api_sft teacher=none loss=ce on the tiny debug student."""
-    from distill.train import train
+    from distill import pipeline
 
     out, _, _ = teacher_dataset
     cfg = tiny_cfg("data=api_sft", "teacher=none", "loss=ce", f"data.source.path={out / 'filtered.jsonl'}",
                    "data.seq_len=256", "data.source.overlong=truncate", "data.source.val_fraction=0.1",
                    "trainer.max_steps=3", output_dir=tmp_path / "run")
-    metrics = train(cfg)
+    metrics = pipeline.run(cfg)
     assert metrics["val/loss"] > 0
     assert (tmp_path / "run" / "student").exists()

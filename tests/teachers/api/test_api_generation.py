@@ -2,63 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
-from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from distill.teachers.api.cli import GenerationIncomplete, run
-from distill.teachers.api.client import RetryPolicy, TeacherClient
-from distill.teachers.api.generate import Generator, Sampling
 from distill.teachers.api.pricing import PriceTable
-from distill.teachers.api.prompts import Prompt
-from distill.teachers.api.ratelimit import RateLimiter
 
-PRICES = PriceTable({"claude-sonnet-4-5": {"input": 3.0, "output": 15.0, "cache_write": 3.75, "cache_read": 0.30}})
-
-
-def records(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
-
-
-def keys_of(recs) -> Counter:
-    return Counter((r["prompt_id"], r["sample_idx"]) for r in recs)
-
-
-def files_contain(root: Path, needle: str) -> list[str]:
-    return [str(p) for p in root.rglob("*") if p.is_file() and needle.encode() in p.read_bytes()]
-
-
-def make_prompts(markers: list[str]) -> list[Prompt]:
-    langs = ["python", "javascript", "java", "cpp", "go", "rust"]
-    out = []
-    for i, m in enumerate(markers):
-        lang = langs[i % len(langs)]
-        name = {"cpp": "C++", "javascript": "JavaScript"}.get(lang, lang.capitalize())
-        out.append(Prompt(f"Write {name} code for task number {i}: sum a list of integers. {m}".strip(),
-                          "base", "write", lang, "easy"))
-    return out
-
-
-def generator(server, out, prompts, *, rpm=None, tpm=None, window=60.0, timeout_s=5.0, attempts=4, n=1,
-              concurrency=4, max_cost=None, system=None, key=None, progress=False):
-    client = TeacherClient(base_url=server.url, timeout_s=timeout_s, concurrency=concurrency,
-                           limiter=RateLimiter(rpm, tpm, window_s=window),
-                           retry=RetryPolicy(max_attempts=attempts, base_delay_s=0.05, max_delay_s=0.2), api_key=key)
-    s = Sampling(model="claude-sonnet-4-5", max_tokens=256, n=n, system_prompt=system)
-    return Generator(prompts, out, s, PRICES, client, max_cost_usd=max_cost, progress=progress, fsync=False)
-
-
-def go(gen, **kw):
-    async def main():
-        try:
-            return await gen.run(concurrency=gen.client.concurrency, **kw)
-        finally:
-            await gen.client.close()
-    return asyncio.run(main())
+from api_teacher_helpers import PRICES, files_contain, generator, go, keys_of, make_prompts, records
 
 
 def test_every_fault_is_retried_and_each_prompt_done_exactly_once(fake_api, api_key_env, tmp_path, caplog):
@@ -73,7 +26,7 @@ def test_every_fault_is_retried_and_each_prompt_done_exactly_once(fake_api, api_
     recs = records(tmp_path)
     counts = keys_of(recs)
     hopeless = prompts[7].id
-    assert set(counts) == {(p.id, 0) for p in prompts if p.id != hopeless}
+    assert set(counts) == {(p.id, 0, "claude-sonnet-4-5") for p in prompts if p.id != hopeless}
     assert max(counts.values()) == 1, "a key was stored twice"
     assert summary.done_now == 15 and summary.failed == 1 and summary.remaining == 1
 
@@ -124,30 +77,34 @@ def test_every_fault_is_retried_and_each_prompt_done_exactly_once(fake_api, api_
 def test_rate_limit_is_never_exceeded(fake_api, api_key_env, tmp_path):
     server = fake_api()
     prompts = make_prompts([""] * 20)
-    rpm, window = 6, 0.5
+    rpm, window = 6, 0.5  # 6 per half second: a scaled minute
     gen = generator(server, tmp_path, prompts, rpm=rpm, window=window, concurrency=8)
     summary = go(gen)
     assert summary.done_now == 20
-    grants = gen.client.limiter.grant_times
-    for i, t in enumerate(grants):  # the limiter's own ledger: strictly <= rpm per window
-        assert sum(1 for u in grants[i:] if u < t + window) <= rpm
+    grants = gen.client.limits.grant_times
+    for i, t in enumerate(grants):  # the limiter's own ledger: <= rpm in every window, closed ends included
+        assert sum(1 for u in grants[i:] if u <= t + window) <= rpm
     arrivals = server.message_times()  # what the server saw (minus loopback jitter)
     assert len(arrivals) == 20
     for i, t in enumerate(arrivals):
-        assert sum(1 for u in arrivals[i:] if u < t + window - 0.1) <= rpm
-    assert arrivals[-1] - arrivals[0] >= window * (20 // rpm) - 0.05  # it really had to wait
+        assert sum(1 for u in arrivals[i:] if u < t + window - 0.05) <= rpm
+    gaps = [b - a for a, b in zip(grants, grants[1:])]
+    assert min(gaps) >= window / (rpm - 1) - 1e-3  # a bucket of one request: evenly spaced, no burst
 
 
-def test_token_rate_limit_bounds_billed_tokens_per_window(fake_api, api_key_env, tmp_path):
+def test_output_token_limit_bounds_billed_tokens_per_window(fake_api, api_key_env, tmp_path):
     server = fake_api()
-    prompts = make_prompts([""] * 12)
-    tpm, window = 1500, 0.5  # each request reserves ~ 256 + input estimate, so ~4-5 fit per window
-    gen = generator(server, tmp_path, prompts, tpm=tpm, window=window, concurrency=6)
-    assert go(gen).done_now == 12
-    ok = sorted((e["t"], e["tokens"]) for e in server.log if e.get("tokens"))
-    for i, (t, _) in enumerate(ok):
-        assert sum(tok for u, tok in ok[i:] if u < t + window - 0.1) <= tpm
-    assert ok[-1][0] - ok[0][0] >= window  # the limit did bind
+    prompts = make_prompts([""] * 20)
+    otpm, window = 1500, 0.5  # max_tokens 256 is reserved per request, the unused part given back
+    gen = generator(server, tmp_path, prompts, otpm=otpm, window=window, burst_tokens_s=0.1, concurrency=6)
+    assert go(gen).done_now == 20
+    out = {r["message_id"]: r["usage"]["output_tokens"] for r in records(tmp_path)}
+    ok = sorted(e["t"] for e in server.log if e.get("tokens"))
+    assert len(ok) == 20
+    # The give-backs make it faster than 256 tokens per request would allow ...
+    assert ok[-1] - ok[0] < 20 * 256 / (otpm / window)
+    # ... and it still had to wait: the answers' billed output exceeds one window's budget.
+    assert sum(out.values()) > otpm and ok[-1] - ok[0] >= window * 0.5
 
 
 def test_fatal_auth_error_stops_cleanly_and_wrong_key_is_not_written(fake_api, monkeypatch, tmp_path, teacher_cfg):
@@ -201,7 +158,7 @@ def test_n_samples_and_cached_system_prompt_are_priced_per_token_kind(fake_api, 
     gen = generator(server, tmp_path, prompts, n=3, system="You are a careful engineer. " * 20, concurrency=1)
     s = go(gen)
     recs = records(tmp_path)
-    assert set(keys_of(recs)) == {(p.id, i) for p in prompts for i in range(3)}
+    assert set(keys_of(recs)) == {(p.id, i, "claude-sonnet-4-5") for p in prompts for i in range(3)}
     assert sum(r["usage"]["cache_creation_input_tokens"] > 0 for r in recs) == 1
     assert sum(r["usage"]["cache_read_input_tokens"] > 0 for r in recs) == 8
     assert s.cost["cache_read_input_tokens"] == sum(r["usage"]["cache_read_input_tokens"] for r in recs)

@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 
 from distill.teachers.api.consistency import run_python_tests
-from distill.teachers.api.prompts import (
-    LANGUAGES, MODIFIERS, Prompt, extract_functions, generate_prompts, load_base_tasks, plant_bug, prompt_id,
-    read_prompts, write_prompts,
-)
+from distill.teachers.api.bugs import plant_bug
+from distill.teachers.api.catalogue import LANGUAGES, MODIFIERS, load_base_tasks
+from distill.teachers.api.code_files import extract_functions
+from distill.teachers.api.prompts import generate_prompts
+from distill.teachers.api.promptset import Prompt, prompt_id, read_prompts, write_prompts
 
 NO_FILES = {"base": 0.4, "algorithms": 0.3, "data_structures": 0.3, "code_files": 0.0}
 

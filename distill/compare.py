@@ -16,7 +16,8 @@ varies ``seed``, they become **one row** with ``mean ± std`` (sample standard d
 metric and ``n``, the number of runs with a value; curves show the mean with a ±1 std band and
 the objective plot error bars (``--per-run`` keeps one row per run). ``--relative-to KEY=VALUE``
 adds, for each ``--relative`` metric (default ``time/step_s``), the ratio of a row's mean to the
-mean of the rows with that setting (e.g. step time relative to ``loss=kd``).
+mean of the one row with that setting (e.g. step time relative to ``loss=kd``; several pairs
+``K=V,K2=V2`` single one out).
 
 A run is a directory holding ``.hydra/overrides.yaml`` (what Hydra writes for every job) and, from
 the :class:`SaveResolvedConfig` Hydra callback in ``conf/train.yaml``, ``config_resolved.yaml``; its
@@ -335,11 +336,11 @@ def build_table(runs: Sequence[Run], objective: str, direction: str,
 
 def build_group_table(groups: Sequence[Group], objective: str, direction: str,
                       metrics: Sequence[str] = DEFAULT_METRICS,
-                      relative: tuple[str, str] | None = None,
+                      relative: dict[str, str] | None = None,
                       relative_metrics: Sequence[str] = ("time/step_s",)) -> tuple[list[dict], list[str], list[str]]:
     """One row per seed group, best mean first: ``<metric>`` holds the mean, ``<metric>_std`` the
-    sample std, ``n`` the number of seeds; with ``relative = (key, value)``, ``<metric>_rel`` is the
-    row's mean over the mean of the group whose ``key`` is ``value``."""
+    sample std, ``n`` the number of seeds; with ``relative = {key: value, ...}``, ``<metric>_rel`` is
+    the row's mean over the mean of the one group with those settings."""
     runs = [r for g in groups for r in g.runs]
     params = [p for p in swept_params(runs) if p != SEED_KEY]
     present = {k for r in runs for k in r.final}
@@ -349,11 +350,13 @@ def build_group_table(groups: Sequence[Group], objective: str, direction: str,
     rel_shown = [m for m in relative_metrics if m in present] if relative else []
     reference: dict[str, float | None] = {}
     if relative:
-        key, value = relative
-        ref = [g for g in groups if g.params.get(key) == value]
-        if not ref:
-            raise KeyError(f"distill-compare: --relative-to {key}={value}: no run has that setting; "
-                           f"values of {key}: {sorted({str(g.params.get(key)) for g in groups})}")
+        ref = [g for g in groups if all(g.params.get(k) == v for k, v in relative.items())]
+        wanted = ",".join(f"{k}={v}" for k, v in relative.items())
+        if len(ref) != 1:
+            seen = {k: sorted({str(g.params.get(k)) for g in groups}) for k in relative}
+            raise KeyError(f"distill-compare: --relative-to {wanted}: "
+                           f"{'no run has' if not ref else f'{len(ref)} settings have'} that setting (name one "
+                           f"with more KEY=VALUE pairs); values: {seen}")
         for m in rel_shown:
             reference[m] = ref[0].stats(m)[0]
 
@@ -599,7 +602,7 @@ def plot_group_objective(groups: Sequence[Group], params: Sequence[str], objecti
 # ------------------------------------------------------------------------------ entry points
 def compare(runs: Sequence[Run], out_dir: str | Path, objective: str | None = None, direction: str = "auto",
             metrics: Sequence[str] = DEFAULT_METRICS, title: str = "", per_run: bool = False,
-            relative: tuple[str, str] | None = None,
+            relative: dict[str, str] | None = None,
             relative_metrics: Sequence[str] = ("time/step_s",)) -> Comparison:
     """Write the table (Markdown, CSV) and the plots for ``runs`` into ``out_dir``.
 
@@ -636,13 +639,14 @@ def compare(runs: Sequence[Run], out_dir: str | Path, objective: str | None = No
 
 
 def _compare_groups(runs: Sequence[Run], out: Path, objective: str, direction: str, metrics: Sequence[str],
-                    title: str, relative: tuple[str, str] | None, relative_metrics: Sequence[str]) -> Comparison:
+                    title: str, relative: dict[str, str] | None, relative_metrics: Sequence[str]) -> Comparison:
     groups = group_by_seed(runs)
     rows, columns, params = build_group_table(groups, objective, direction, metrics, relative, relative_metrics)
     out.mkdir(parents=True, exist_ok=True)
     files = {"markdown": out / "comparison.md", "csv": out / "comparison.csv"}
     seeds = sorted({r.params.get(SEED_KEY, "") for r in runs}, key=_natural)
-    rel = f" `_rel` columns: the row's mean over that of `{relative[0]}={relative[1]}`." if relative else ""
+    rel = (" `_rel` columns: the row's mean over that of `" + ",".join(f"{k}={v}" for k, v in relative.items())
+           + "`.") if relative else ""
     header = [f"# {title or 'Sweep comparison'}", "",
               f"{len(runs)} runs in {len(groups)} settings (seeds {', '.join(seeds)}); objective `{objective}` "
               f"({'lower' if direction == 'min' else 'higher'} is better), best mean first; cells are mean ± sample "
@@ -659,13 +663,17 @@ def _compare_groups(runs: Sequence[Run], out: Path, objective: str, direction: s
     return Comparison(rows, columns, params, objective, direction, files)
 
 
-def _relative_arg(text: str | None) -> tuple[str, str] | None:
+def _relative_arg(text: str | None) -> dict[str, str] | None:
+    """``"loss=kd,experiment=x"`` -> ``{"loss": "kd", "experiment": "x"}``."""
     if text is None:
         return None
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise ValueError(f"distill-compare: --relative-to takes KEY=VALUE (e.g. loss=kd), got {text!r}")
-    return key, value
+    pairs = {}
+    for part in text.split(","):
+        key, sep, value = part.partition("=")
+        if not sep or not key:
+            raise ValueError(f"distill-compare: --relative-to takes KEY=VALUE[,KEY=VALUE...] (e.g. loss=kd), got {text!r}")
+        pairs[key] = value
+    return pairs
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -178,7 +178,7 @@ def _seed_sweep(tmp_path) -> Path:
 
 def test_seeds_are_aggregated_into_mean_std_and_n(tmp_path):
     runs = compare.load_local(_seed_sweep(tmp_path))
-    result = compare.compare(runs, tmp_path / "out", relative=("loss", "kd"))
+    result = compare.compare(runs, tmp_path / "out", relative={"loss": "kd"})
     assert result.params == ["loss"] and [r["loss"] for r in result.rows] == ["kd", "jsd"]
     kd, jsd = result.rows
     assert kd["n"] == 3 and jsd["n"] == 2
@@ -204,6 +204,8 @@ def test_cli_aggregates_seeds_and_checks_relative_to(tmp_path, capsys):
     assert compare.main([str(root), "--relative-to", "loss=ce"]) == 2
     assert "no run has that setting" in capsys.readouterr().err
     assert compare.main([str(root), "--relative-to", "loss"]) == 2
+    assert compare.main([str(root), "--relative-to", "debug=tiny"]) == 2  # two settings match: ambiguous
+    assert "2 settings have" in capsys.readouterr().err
 
 
 def test_a_single_seed_group_has_no_std(tmp_path):

@@ -8,13 +8,15 @@ components' per-token values by ``w`` *before* its usual step-level normalisatio
 ``N_step`` stays the step's token count, so the weights never change how a step is split into
 micro-batches: every strategy here computes ``w`` for a token from that token's own outputs
 (and, for selection, from a threshold fixed for the whole step), never from a micro-batch
-statistic. Weights are detached: they say how much a token counts, not a path for gradients.
+statistic (a sequence is never split across micro-batches, so a per-sequence ranking is allowed).
+Weights are detached: they say how much a token counts, not a path for gradients.
 
 Strategies:
 
 * :class:`TeacherConfidence`: ``w = max_v p_v`` or ``w = 1 - H(p) / log V``.
 * :class:`EntropySelection` (SE-KD, Tavor et al., 2026, arXiv 2602.01395): distil only the
-  top-``ratio`` fraction of tokens by student (or teacher) entropy.
+  top-``ratio`` fraction of tokens by student (or teacher) entropy, ranked within each sequence
+  (or against a threshold from the previous step).
 * :class:`DifficultyFocus`: a focal-style weight ``w = s^gamma`` on AdaKD's token difficulty
   ``s`` (the Hellinger distance between teacher and student, Xie et al., 2025, arXiv 2510.11615).
 
@@ -183,32 +185,40 @@ class DifficultyFocus(TokenWeighting):
 class EntropySelection(TokenWeighting):
     """SE-KD (Tavor et al., 2026, "Rethinking Selective Knowledge Distillation", arXiv 2602.01395).
 
-    Distil only the tokens in the top-``ratio`` fraction by entropy (the paper's default: the
-    student's entropy, top 20%): ``w = 1`` for ``H >= threshold``, else 0.
+    Distil only the top-``ratio`` fraction of token positions by entropy (the paper's default: the
+    student's entropy, top 20%): ``w = 1`` for a selected token, else 0. The kept fraction is
+    logged (``tw_kept``).
 
-    Choice made to keep micro-batch invariance: the paper ranks tokens within each batch, but the
-    combiner sees one micro-batch at a time, and a threshold taken from a micro-batch would make
-    the selection depend on how a step is split. Here the threshold is the ``(1 - ratio)``-quantile
-    of the entropies of **all** tokens of the *previous* optimizer step (recorded as each
-    micro-batch passes, frozen when the next step starts), so every token of a step is judged
-    against the same number however the step is split. The first step keeps every token. The kept
-    fraction is logged (``tw_kept``); it tracks ``ratio`` as long as entropies drift slowly.
-    The threshold is a buffer, saved in checkpoints.
+    Where the paper leaves the ranking pool open, the pool has to respect micro-batch invariance
+    (the combiner sees one micro-batch at a time, so ranking over a micro-batch would make the
+    selection depend on how a step is split). Two pools do:
+
+    * ``scope="sequence"`` (default): the top ``ceil(ratio * n)`` of each sequence's ``n`` loss
+      positions. A sequence is never split across micro-batches, so this is exact, and every step
+      keeps ``~ratio`` of its tokens.
+    * ``scope="step"``: a threshold shared by the whole step, the ``(1 - ratio)``-quantile of the
+      entropies of **all** tokens of the *previous* optimizer step (recorded as micro-batches pass,
+      frozen when the next step starts; the first step keeps every token; the threshold is a buffer,
+      saved in checkpoints). Closer to a step-wide ranking, but it lags: while entropies fall fast
+      (early training) it keeps far fewer than ``ratio``, as ``tw_kept`` shows.
 
     Args:
         ratio: fraction of tokens to keep, in (0, 1].
         source: "student" (SE-KD) or "teacher" entropy.
+        scope: "sequence" or "step" (see above).
     """
 
     needs = frozenset({Need.STUDENT_LOGITS})
 
-    def __init__(self, ratio: float = 0.2, source: str = "student"):
+    def __init__(self, ratio: float = 0.2, source: str = "student", scope: str = "sequence"):
         super().__init__()
         if not 0.0 < ratio <= 1.0:
             raise ValueError(f"loss.token_weighting.ratio must be in (0, 1], got {ratio}")
         if source not in ("student", "teacher"):
             raise ValueError(f"loss.token_weighting.source must be 'student' or 'teacher', got {source!r}")
-        self.ratio, self.source = float(ratio), source
+        if scope not in ("sequence", "step"):
+            raise ValueError(f"loss.token_weighting.scope must be 'sequence' or 'step', got {scope!r}")
+        self.ratio, self.source, self.scope = float(ratio), source, scope
         if source == "teacher":
             # instance attributes shadow the class contract (read through the instance by the combiner)
             self.needs = frozenset({Need.TEACHER_LOGITS, Need.TEACHER_LAST_HIDDEN})
@@ -230,6 +240,14 @@ class EntropySelection(TokenWeighting):
                 h[ic] = entropy(lp).to(h.dtype)
         return h
 
+    def _per_sequence(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The top ``ceil(ratio * n_b)`` positions of each row ``b`` (ties at the cut kept too)."""
+        ranked = torch.where(mask, h, torch.full_like(h, float("-inf"))).sort(dim=-1, descending=True).values
+        n = mask.sum(-1)
+        k = torch.ceil(self.ratio * n.to(h.dtype)).long().clamp(min=1)
+        cut = ranked.gather(-1, (k - 1).clamp(max=h.shape[-1] - 1).unsqueeze(-1))
+        return ((h >= cut) & mask).to(h.dtype)
+
     def _roll(self, step: int) -> None:
         """At the first call of a new step, freeze the threshold from the previous step's tokens."""
         if self._pending_step is not None and step != self._pending_step and self._pending:
@@ -242,6 +260,8 @@ class EntropySelection(TokenWeighting):
 
     def forward(self, inputs: LossInputs) -> torch.Tensor:
         h = self._entropies(inputs)
+        if self.scope == "sequence":
+            return self._per_sequence(h, inputs.mask)
         if self.training:
             self._roll(inputs.step)
             self._pending.append(h[inputs.mask].detach())

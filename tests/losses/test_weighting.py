@@ -50,8 +50,8 @@ def step(loss, h, w, t, y, micro: int, step_no: int = 0, fused: bool = False):
 
 STRATEGIES = [lambda: TeacherConfidence("max_prob"), lambda: TeacherConfidence("entropy"),
               lambda: DifficultyFocus(gamma=2.0), lambda: EntropySelection(0.3, "student"),
-              lambda: EntropySelection(0.5, "teacher")]
-IDS = ["confidence-max", "confidence-entropy", "focal", "sekd-student", "sekd-teacher"]
+              lambda: EntropySelection(0.5, "teacher"), lambda: EntropySelection(0.3, "student", scope="step")]
+IDS = ["confidence-max", "confidence-entropy", "focal", "sekd-student", "sekd-teacher", "sekd-step"]
 
 
 def make(strategy, comp=ForwardKL):
@@ -111,10 +111,39 @@ def test_weights_follow_their_definitions():
     assert float(total) == pytest.approx(float((hell * kl)[mask].sum() / mask.sum()), abs=1e-9)
 
 
-def test_entropy_selection_keeps_the_top_fraction_of_the_previous_step():
+def test_entropy_selection_keeps_the_top_fraction_of_each_sequence():
+    h, w, t, y = data(3)
+    mask = y != -100
+    loss = DistillationLoss({"kl": ForwardKL()}, {"kl": 1.0}, token_weighting=EntropySelection(0.4)).double()
+    student = StudentOutput(logits=h @ w.T)
+    q = torch.softmax(h @ w.T, -1)
+    ent = -(q * q.log()).sum(-1)
+    kept = 0
+    for b in range(N):
+        n = int(mask[b].sum())
+        k = math.ceil(0.4 * n) if n else 0
+        kept += k
+    _, logs = loss(student, TeacherOutput(logits=t), y, 0)
+    assert float(logs["tw_kept"]) == pytest.approx(kept / mask.sum().item())
+    w_sel = loss.token_weighting(loss_inputs(student, t, y))
+    for b in range(N):
+        if mask[b].any():
+            chosen = ent[b][w_sel[b] > 0]
+            others = ent[b][(w_sel[b] == 0) & mask[b]]
+            assert others.numel() == 0 or chosen.min() >= others.max()
+    assert not (w_sel[~mask] > 0).any()
+
+
+def loss_inputs(student, t, y):
+    from distill.losses.components import LossInputs
+
+    return LossInputs(student=student, teacher=TeacherOutput(logits=t), targets=y, mask=y != -100)
+
+
+def test_entropy_selection_with_a_step_threshold_uses_the_previous_step():
     h, w, t, y = data(2)
     mask = y != -100
-    sel = EntropySelection(ratio=0.25)
+    sel = EntropySelection(ratio=0.25, scope="step")
     loss = DistillationLoss({"kl": ForwardKL(), "ce": CrossEntropy()}, {"kl": 1.0, "ce": 1.0},
                             token_weighting=sel).double()
     student = StudentOutput(logits=h @ w.T)
@@ -147,6 +176,8 @@ def test_bad_configurations_fail_with_the_fix():
         DistillationLoss({"kl": ForwardKL()}, {"kl": 1.0}, token_weighting=ForwardKL())
     with pytest.raises(ValueError, match="ratio must be in"):
         EntropySelection(ratio=0.0)
+    with pytest.raises(ValueError, match="scope must be"):
+        EntropySelection(scope="batch")
     with pytest.raises(ValueError, match="measure=max_prob"):
         DistillationLoss({"kl": CH.ChunkedForwardKL()}, {"kl": 1.0},
                          token_weighting=TeacherConfidence("entropy")).configure(info, info, TeacherKind.SPARSE)

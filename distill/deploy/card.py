@@ -97,14 +97,17 @@ def describe_model(spec: Mapping[str, Any] | None) -> str:
 
 
 def describe_teacher(teacher: Mapping[str, Any] | None) -> str:
-    if not teacher or teacher.get("_target_") is None:
+    if not teacher or teacher.get("_target_") is None or _target(teacher) == "NoTeacher":
         return "none (hard labels, or sequence-level KD on teacher-written data)"
-    text = f"{_target(teacher)}: {describe_model(teacher.get('model'))}"
+    if teacher.get("model") is None and teacher.get("source"):
+        text = f"{_target(teacher)}: logits of teacher `{teacher['source']}` ({teacher.get('mode')}, k={teacher.get('k')})"
+    else:
+        text = f"{_target(teacher)}: {describe_model(teacher.get('model'))}"
     pre = teacher.get("pretrain")
     if pre:
         text += f"; pretrained here on the run's data for {pre.get('steps')} steps"
-    if teacher.get("path") or teacher.get("cache_dir"):
-        text += f"; cached logits from `{teacher.get('path') or teacher.get('cache_dir')}`"
+    if teacher.get("path"):
+        text += f"; cached in `{teacher['path']}`"
     return text
 
 

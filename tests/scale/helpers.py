@@ -11,11 +11,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 
 
-def compose(overrides: list[str], output_dir: Path):
-    """The config ``distill-train <overrides>`` builds, writing into ``output_dir``."""
+def compose(overrides: list[str], output_dir: Path, config_name: str = "train"):
+    """The config ``distill-<app> <overrides>`` builds (``train`` by default), writing into ``output_dir``."""
     from distill.config import compose_config
 
-    return compose_config("train", overrides, output_dir, root_dir=REPO)
+    return compose_config(config_name, overrides, output_dir, root_dir=REPO)
 
 
 def free_port() -> int:

@@ -286,3 +286,26 @@ def test_a_changed_teacher_is_detected(tmp_path):
     model.save_pretrained(folder)
     with pytest.raises(C.CacheMismatchError, match=r"teacher at .*teacher_model changed since the cache"):
         build_components(_train_cfg(tmp_path)).load()
+
+
+def test_the_cached_teacher_adds_a_hook_and_leaves_the_datamodule_its_own(tmp_path):
+    """Issue 10: the cached rows come through the DataModule's public BatchHook seam."""
+    from distill.build import build_components
+    from distill.data.datamodule import ExampleDataset
+
+    _cache(tmp_path, "cache.max_steps=2")
+    parts = build_components(_train_cfg(tmp_path, "trainer.max_steps=2"))
+    dm = parts.datamodule
+    assert type(dm.train_set) is ExampleDataset and type(dm.val_set) is ExampleDataset
+    assert "_collate" not in vars(dm) and "collate" not in vars(dm)
+    assert [type(h) for h in dm.hooks] == [CachedRows]
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["teacher_topk_ids"].shape == (*batch["input_ids"].shape, 8)
+    assert "teacher_topk_ids" not in dm.examples("train")[0]  # the DataModule's own examples stay as they were
+    # the examples the cache holds are exactly those of the run's first steps
+    visited = sorted({i for b in dm.train_order(2) for i in b})
+    rows = C.CacheReader(tmp_path / "c").split("train")
+    assert [i for i in range(len(rows)) if i in rows] == visited
+    parts.teacher.prepare(dm)  # once per DataModule
+    CachedTeacher(str(tmp_path / "c"), source="tiny_random", k=8).prepare(dm)  # another cached teacher replaces it
+    assert len(dm.hooks) == 1

@@ -116,7 +116,9 @@ class ModelSpec:
             model = AutoModelForCausalLM.from_pretrained(self.name_or_path, dtype=dtype,
                                                          trust_remote_code=self.trust_remote_code, **kwargs)
         if self.gradient_checkpointing:
-            model.gradient_checkpointing_enable()
+            # Non-reentrant checkpointing (PyTorch's recommendation) backpropagates into the
+            # checkpointed blocks even when no input requires grad.
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if self.lora is not None:
             model = self._wrap_lora(model)
         return model

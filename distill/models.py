@@ -121,13 +121,13 @@ class ModelSpec:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if self.lora is not None:
             model = self._wrap_lora(model)
-        return model
-
             if self.gradient_checkpointing:
                 # The LoRA pitfall: the embeddings are frozen, so the checkpointed blocks' inputs
                 # need not require grad and reentrant checkpointing would give the adapters no
                 # gradient. Recent peft does this itself; older versions and other paths do not.
                 model.enable_input_require_grads()
+        return model
+
     def _quantization_config(self):
         if not torch.cuda.is_available():
             raise RuntimeError(f"{self.role}.quantization={self.quantization!r} needs a CUDA GPU (bitsandbytes "

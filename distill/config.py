@@ -99,3 +99,37 @@ def compose_config(config_name: str, overrides: Sequence[str], output_dir: str |
         cfg.paths.root_dir = str(root_dir if root_dir is not None else Path.cwd())
         del cfg["hydra"]
     return cfg
+
+
+def prepare_app() -> None:
+    """What every console script does first.
+
+    * The current directory is importable, as under ``python -m``: a loss component in
+      ``./mylab/losses.py`` can be named ``mylab.losses.MyLoss`` in a config with no PYTHONPATH.
+    * Tokenizer worker threads stay off (they deadlock after a fork into data-loader workers).
+    """
+    import os
+    import sys
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
+
+
+class app_errors:
+    """Context manager for a Hydra task function: an expected error (:class:`ConfigError` and its
+    subclasses: a bad key, a missing file, a cache that does not match) prints its message alone and
+    exits with status 2; ``HYDRA_FULL_ERROR=1`` shows the traceback as usual."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        import os
+        import sys
+
+        if exc is None or not isinstance(exc, ConfigError) or os.environ.get("HYDRA_FULL_ERROR") == "1":
+            return False
+        print(f"Error: {exc}\n(set HYDRA_FULL_ERROR=1 for the traceback)", file=sys.stderr, flush=True)
+        raise SystemExit(2)

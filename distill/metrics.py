@@ -81,3 +81,16 @@ def finalize(total: dict[str, float]) -> dict[str, float]:
         if "sparse_agree" in total:
             out["agreement"] = total["sparse_agree"] / n
     return out
+
+
+def gap_closed(student: float | None, baseline: float | None, teacher: float | None) -> float | None:
+    """``(baseline - student) / (baseline - teacher)``: the share of the distance between the CE-only
+    student and the teacher that distillation recovered (1 = teacher level, < 0 = worse than CE-only).
+
+    The one definition (run summary and evaluation report). None when a value is missing or the
+    teacher is not better than the baseline: then there is no gap, and the ratio means nothing.
+    """
+    if None in (student, baseline, teacher):
+        return None
+    gap = baseline - teacher
+    return None if gap <= 1e-12 else (baseline - student) / gap

@@ -46,8 +46,10 @@ class ModelSpec:
             ``config`` is set (or both, for a model built from ``config`` and cached at ``name_or_path``).
         config: keyword arguments of a Hugging Face config (with ``model_type``) for ``from_config``:
             tiny models for tests and the embedded default.
-        tokenizer: tokenizer id or folder (defaults to ``name_or_path``).
-        tokenizer_build: settings to train the tokenizer when its folder is missing (embedded default).
+        tokenizer: tokenizer id or folder (defaults to ``name_or_path``; None for a model built
+            from config means the run's tokenizer).
+        tokenizer_build: settings to train a byte-level BPE when ``tokenizer`` is None or missing
+            (see :func:`distill.data.tokenizer.load_tokenizer`).
         dtype: "float32", "bfloat16", "float16" or "auto".
         quantization: None, "4bit" (NF4, QLoRA) or "8bit" (bitsandbytes; needs a GPU).
         lora: LoRA settings, or None for a full fine-tune.
@@ -66,9 +68,9 @@ class ModelSpec:
         if quantization not in (None, "4bit", "8bit"):
             raise ValueError(f"{role}.quantization: unknown {quantization!r}; use null, '4bit' or '8bit'")
         self.name_or_path, self.config_kwargs, self.role = name_or_path, dict(config) if config else None, role
+        # None for a model built from config: the run's tokenizer (the student's, trained from
+        # ``tokenizer_build`` when needed); distill.build fills in the folder it loaded.
         self.tokenizer = tokenizer or name_or_path
-        if self.tokenizer is None:
-            raise ValueError(f"{role}.tokenizer: a model built from config needs a tokenizer path")
         self.tokenizer_build = dict(tokenizer_build) if tokenizer_build else None
         self.dtype, self.quantization = dtype, quantization
         self.lora = LoraSettings(**lora) if lora else None

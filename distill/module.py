@@ -19,18 +19,13 @@ import torch
 
 from distill import metrics as M
 from distill.losses.combine import DistillationLoss
-from distill.losses.components import (STUDENT_ATTN, STUDENT_HIDDEN, STUDENT_LAST_HIDDEN, STUDENT_LOGITS,
-                                       TEACHER_ATTN, TEACHER_LOGITS)
+from distill.lightning_compat import set_logged_step
+from distill.losses.functional import next_token_targets
 from distill.models import ModelSpec, head_is_plain_linear, output_head
 from distill.teachers.base import NoTeacher, Teacher
-from distill.types import StudentOutput, TeacherKind, TeacherOutput
+from distill.types import Need, StudentOutput, TeacherKind, TeacherOutput
 
 log = logging.getLogger(__name__)
-
-
-def next_token_targets(labels: torch.Tensor) -> torch.Tensor:
-    """``(B, L)`` labels -> ``(B, L)`` targets: position ``t`` predicts ``labels[t + 1]``; the last is -100."""
-    return torch.nn.functional.pad(labels[:, 1:], (0, 1), value=-100)
 
 
 class DistillationModule(L.LightningModule):
@@ -51,34 +46,44 @@ class DistillationModule(L.LightningModule):
 
     def __init__(self, student: ModelSpec, teacher: Teacher | None, loss: DistillationLoss,
                  optimizer: Callable, scheduler: Callable | None = None, micro_batch_size: int | None = None,
-                 grad_clip: float | None = 1.0, vocab_size: int | None = None):
+                 grad_clip: float | None = 1.0, vocab_size: int | None = None,
+                 sequences: Callable | None = None):
         super().__init__()
-        teacher = teacher or NoTeacher()
-        needs = loss.needs
-        wants_attn = bool(needs & {STUDENT_ATTN, TEACHER_ATTN})
+        if micro_batch_size is not None and micro_batch_size < 1:
+            raise ValueError(f"module.micro_batch_size must be >= 1 or null, got {micro_batch_size}")
+        # Cheap on purpose (Hydra calls this): the student and teacher weights load in
+        # configure_model, which Lightning calls at the start of fit/validate. The loss arrives
+        # configured (distill.build checks it against both models' shapes before any weights load).
+        self.student_spec = student
+        self.student: torch.nn.Module | None = None
+        self.loss = loss
+        # A plain list hides the teacher from nn.Module registration: never trained, never saved.
+        self._teacher = [teacher or NoTeacher()]
+        self._teacher_needs = loss.teacher_needs
+        self.sequences = sequences
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.micro_batch_size, self.grad_clip, self.vocab_size = micro_batch_size, grad_clip, vocab_size
+        self.automatic_optimization = False
+        self._val_totals: dict[str, float] = {}
+        self.last_validated_step: int | None = None
+
+    def configure_model(self) -> None:
+        """Build the student and load the teacher (once; Lightning calls this before fit/validate)."""
+        if self.student is not None:
+            return
+        needs = self.loss.needs
+        wants_attn = bool(needs & {Need.STUDENT_ATTN, Need.TEACHER_ATTN})
         if wants_attn:
             log.info("attention matching needs attention probabilities: using the eager attention "
                      "implementation (slower and more memory than sdpa/flash)")
         attn_impl = "eager" if wants_attn else None
-        self.student = student.build(attn_impl)
-        self.student_spec = student
-        fused = sorted(n for n, c in loss.components.items() if STUDENT_LAST_HIDDEN in c.needs)
-        if fused and self._fused_student(needs) and not head_is_plain_linear(self.student):
+        self.student = self.student_spec.build(attn_impl)
+        fused = sorted(n for n, c in self.loss.components.items() if Need.STUDENT_LAST_HIDDEN in c.needs)
+        if fused and self._skips_student_head(needs) and not head_is_plain_linear(self.student):
             raise ValueError(f"the loss applies the student's output head itself (fused components {fused}), "
                              "but this student's logits are not a plain linear map of its last hidden state "
                              "(soft-capping, scaling or a bias). Use loss=kd_chunked instead of loss=kd_fused.")
-        teacher.load(attn_impl)
-        loss.configure(student.info(), teacher.info(), teacher.kind)
-        self.loss = loss
-        # A plain list hides the teacher from nn.Module registration: never trained, never saved.
-        self._teacher = [teacher]
-        self._teacher_needs = loss.teacher_needs
-        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
-        if micro_batch_size is not None and micro_batch_size < 1:
-            raise ValueError(f"module.micro_batch_size must be >= 1 or null, got {micro_batch_size}")
-        self.micro_batch_size, self.grad_clip, self.vocab_size = micro_batch_size, grad_clip, vocab_size
-        self.automatic_optimization = False
-        self._val_totals: dict[str, float] = {}
+        self.teacher.load(attn_impl)
 
     @property
     def teacher(self) -> Teacher:
@@ -91,13 +96,15 @@ class DistillationModule(L.LightningModule):
         return logits[..., : self.vocab_size]
 
     @staticmethod
-    def _fused_student(needs: frozenset[str]) -> bool:
-        return STUDENT_LOGITS not in needs and STUDENT_ATTN not in needs
+    def _skips_student_head(needs: frozenset[Need]) -> bool:
+        """True when no active component reads the student's logits or attentions: the student
+        then stops at its final hidden states and the (fused) loss applies the head chunk by chunk."""
+        return Need.STUDENT_LOGITS not in needs and Need.STUDENT_ATTN not in needs
 
     def student_forward(self, batch: dict, needs: frozenset[str]) -> StudentOutput:
         """Run the student, computing only what the loss needs (hidden states, attentions, logits)."""
-        hidden, attn = STUDENT_HIDDEN in needs, STUDENT_ATTN in needs
-        if self._fused_student(needs):
+        hidden, attn = Need.STUDENT_HIDDEN in needs, Need.STUDENT_ATTN in needs
+        if self._skips_student_head(needs):
             # Fused losses: stop at the final hidden states; the loss applies lm_head chunk by chunk.
             body, head = output_head(self.student)
             out = body(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
@@ -168,20 +175,25 @@ class DistillationModule(L.LightningModule):
         return total, logs
 
     def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
-        # Loggers take their x-axis from Lightning's count of stepped batches, not global_step.
-        # With one optimizer step per batch the two are equal, but after a resume Lightning
-        # re-derives the count from where the checkpoint was written, and it comes out one high
-        # for a checkpoint saved after fit() returned (train() writes last.ckpt there). Keep the
-        # logged step equal to the optimizer step so resumed curves continue without a gap.
-        self.trainer.fit_loop.epoch_loop._batches_that_stepped = self.trainer.global_step
+        # Keep the loggers' x-axis equal to the optimizer step after a resume (see lightning_compat).
+        set_logged_step(self.trainer, self.trainer.global_step)
+
+    def _logs_this_step(self) -> bool:
+        """Whether the loggers record this step: Lightning writes every ``log_every_n_steps``
+        stepped batches, a count kept equal to ``global_step`` by :meth:`on_train_batch_start`."""
+        t = self.trainer
+        return (t.global_step + 1) % max(1, t.log_every_n_steps) == 0 or t.should_stop
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         opt = self.optimizers()
         step = self.trainer.global_step
-        # Weight-0 terms are measured for their log line only: skip them on steps the loggers
-        # do not write (Lightning records every trainer.log_every_n_steps).
-        recorded = self.trainer._logger_connector.should_update_logs
-        loss, logs = self.step_loss(batch, step, backward=self.manual_backward, measure_unweighted=recorded)
+        seq_logs: dict = {}
+        if self.sequences is not None:
+            # on-policy / teacher-written continuations replace the data's (distill.onpolicy)
+            batch, seq_logs = self.sequences(batch, self, step)
+        # Weight-0 terms are measured for their log line only: skip them on steps not logged.
+        loss, logs = self.step_loss(batch, step, backward=self.manual_backward, measure_unweighted=self._logs_this_step())
+        logs.update(seq_logs)
         if self.grad_clip:
             self.clip_gradients(opt, gradient_clip_val=self.grad_clip, gradient_clip_algorithm="norm")
         opt.step()
@@ -198,12 +210,12 @@ class DistillationModule(L.LightningModule):
     # ------------------------------------------------------------------ validation
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         targets = next_token_targets(batch["labels"])
-        student = self.student_forward(batch, frozenset({STUDENT_LOGITS}))
+        student = self.student_forward(batch, frozenset({Need.STUDENT_LOGITS}))
         teacher_logits = None
         if self.teacher.kind == TeacherKind.FULL:
-            teacher_logits = self.teacher_forward(batch, frozenset({TEACHER_LOGITS})).logits
+            teacher_logits = self.teacher_forward(batch, frozenset({Need.TEACHER_LOGITS})).logits
         elif self.teacher.kind == TeacherKind.SPARSE and "teacher_topk_ids" in batch:  # cached teacher rows in the batch
-            sparse = self.teacher_forward(batch, frozenset({TEACHER_LOGITS}))
+            sparse = self.teacher_forward(batch, frozenset({Need.TEACHER_LOGITS}))
             M.accumulate(self._val_totals, M.sparse_heldout_metrics(student.logits, sparse, targets))
             return
         M.accumulate(self._val_totals, M.heldout_metrics(student.logits, teacher_logits, targets))
@@ -212,6 +224,8 @@ class DistillationModule(L.LightningModule):
         self._val_totals = {}
 
     def on_validation_epoch_end(self) -> None:
+        if not self.trainer.sanity_checking:
+            self.last_validated_step = self.trainer.global_step
         totals = self._val_totals
         if self._trainer is not None and self.trainer.world_size > 1:
             keys = sorted(totals)

@@ -1,73 +1,121 @@
 """The end-of-run summary: teacher vs distilled student vs CE-only student on held-out data.
 
-The CE-only baseline is the same student trained for the same steps on the same data with hard
-labels only (``loss=ce``). It is trained once and cached under ``paths.cache_dir/baselines``
-keyed by everything that affects it, so later runs (and sweeps) reuse it.
-
-``gap closed = (CE_baseline - CE_distilled) / (CE_baseline - CE_teacher)``: the share of the
-distance between the CE-only student and the teacher that distillation recovered.
+:func:`summarize` is pure: final metrics in, table and verdict out. The verdict follows from what
+was measured: the distilled-vs-CE-only difference is always reported; the share of the
+CE-student-to-teacher gap that distillation closed only where that gap exists (the teacher beats
+the CE-only student), with a warning when distillation made the student worse.
+:func:`write_summary` writes ``summary.json``, ``summary.txt`` and ``summary.png``.
 """
 
 from __future__ import annotations
 
-import copy
-import hashlib
 import json
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf, open_dict
+from distill.metrics import gap_closed
 
 log = logging.getLogger(__name__)
 
-CE_LOSS = {"_target_": "distill.losses.combine.DistillationLoss",
-           "components": {"ce": {"_target_": "distill.losses.components.CrossEntropy"}}, "weights": {"ce": 1.0}}
+__all__ = ["Summary", "summarize", "write_summary", "format_table", "plot_summary", "gap_closed"]
 
 
-def _is_ce_only(cfg: DictConfig) -> bool:
-    comps = cfg.loss.get("components") or {}
-    return all(str(c.get("_target_", "")).endswith("CrossEntropy") for c in comps.values())
+@dataclass
+class Summary:
+    """What a run's summary says: the printed text and the figures behind it."""
+
+    text: str
+    teacher: dict | None
+    baseline: dict | None
+    student: dict
+    values: dict[str, float] = field(default_factory=dict)  # summary/* metrics
+
+    def to_json(self) -> dict:
+        return {"teacher": self.teacher, "baseline": self.baseline, "student": self.student, **self.values}
 
 
-def baseline_key(cfg: DictConfig) -> str:
-    """Hash of what determines the CE-only student (not the loss or logging)."""
-    parts = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("student", "data", "module", "teacher")}
-    parts["seed"], parts["steps"] = cfg.seed, cfg.trainer.max_steps
-    return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
+def _val(metrics: dict[str, float]) -> dict[str, float]:
+    return {k[4:]: v for k, v in metrics.items() if k.startswith("val/")}
 
 
-def baseline_dir(cfg: DictConfig) -> Path:
-    """Where the CE-only student of ``cfg`` is trained and cached (``metrics.json``, ``csv/``)."""
-    return Path(cfg.paths.cache_dir) / "baselines" / baseline_key(cfg)
+def format_table(rows: list[tuple[str, dict]]) -> str:
+    lines = [f"{'model':<28}{'held-out CE':>12}{'ppl':>9}{'top-1 agree':>13}{'KL(T||S)':>10}",
+             "-" * 72]
+    for name, m in rows:
+        agree = f"{m['agreement']:.3f}" if "agreement" in m else "-"
+        kl = f"{m['kl']:.3f}" if "kl" in m else "-"
+        lines.append(f"{name:<28}{m['loss']:>12.3f}{m['ppl']:>9.1f}{agree:>13}{kl:>10}")
+    return "\n".join(lines)
 
 
-def run_baseline(cfg: DictConfig) -> dict[str, float]:
-    """Train (or reuse) the CE-only student of ``cfg``; return its final metrics."""
-    from distill.train import train
+def verdict(student: dict, baseline: dict, teacher: dict | None) -> tuple[list[str], dict[str, float]]:
+    """The lines that interpret the table, and the figures they rest on."""
+    diff = baseline["loss"] - student["loss"]  # > 0: distillation beat training on labels alone
+    values = {"summary/baseline_loss": baseline["loss"], "summary/vs_baseline": diff}
+    lines = [f"distilled vs CE-only: {-diff:+.3f} nats/token held-out CE "
+             f"({'better' if diff > 0 else 'worse' if diff < 0 else 'no change'} than the CE-only student)"]
+    if teacher is None:
+        return lines, values
+    closed = gap_closed(student["loss"], baseline["loss"], teacher["loss"])
+    gap = baseline["loss"] - teacher["loss"]
+    if closed is None:
+        lines.append(f"gap closed: undefined, the teacher ({teacher['loss']:.3f}) is not better than the CE-only "
+                     f"student ({baseline['loss']:.3f}) on held-out data.")
+        if diff > 0:
+            lines.append("Distillation still helped: the teacher's soft labels carry signal even where its own "
+                         "held-out CE is worse (it may be overfit: see its distill_pretrain.json).")
+        else:
+            lines.append("WARNING: the teacher has nothing to teach here. Train the teacher longer or on more data "
+                         "(teacher.pretrain.steps), or use a larger one.")
+        return lines, values
+    values["summary/gap_closed"] = closed
+    lines.append(f"distillation closed {100 * closed:.1f}% of the CE-student-to-teacher gap "
+                 f"({baseline['loss']:.3f} -> {student['loss']:.3f}; teacher {teacher['loss']:.3f})")
+    if closed < 0:
+        lines.append(f"WARNING: distillation made the student worse than training on labels alone "
+                     f"({-diff:.3f} nats). Check the loss weights and temperature, or train longer.")
+    if gap < 0.2:
+        lines.append("WARNING: the teacher is barely stronger than the student trained alone "
+                     f"({gap:.3f} nats); distillation cannot help much.")
+    return lines, values
 
-    out_dir = baseline_dir(cfg)
-    result = out_dir / "metrics.json"
-    if result.exists():
-        log.info("CE-only baseline: reusing %s", result)
-        return json.loads(result.read_text())
-    log.info("CE-only baseline: training the same student with loss=ce for %d steps -> %s",
-             cfg.trainer.max_steps, out_dir)
-    base = copy.deepcopy(cfg)
-    with open_dict(base):
-        base.loss = OmegaConf.create(CE_LOSS)
-        base.paths.output_dir = str(out_dir)
-        base.summary.enabled = False
-        base.export.enabled = False
-        base.ckpt_path = None
-        # CSV only (never the run's W&B project): its curve is drawn in the run's summary.png.
-        base.logger = {"csv": {"_target_": "lightning.pytorch.loggers.CSVLogger", "save_dir": str(out_dir),
-                               "name": "csv"}}
-        base.callbacks = {}
-        base.trainer.enable_checkpointing = False
-    metrics = train(base)
+
+def summarize(metrics: dict[str, float], baseline_metrics: dict[str, float] | None, steps: int,
+              ce_only: bool = False) -> Summary | None:
+    """The run's summary from its final metrics and the CE-only baseline's (None when validation
+    never ran). Pure: prints and writes nothing."""
+    if "val/loss" not in metrics:
+        return None
+    student = _val(metrics)
+    teacher = ({"loss": student["teacher_loss"], "ppl": student["teacher_ppl"]}
+               if "teacher_loss" in student else None)
+    baseline = _val(baseline_metrics) if baseline_metrics else None
+    rows = [("teacher", teacher)] if teacher else []
+    if baseline is not None:
+        rows.append(("student, CE only (baseline)", baseline))
+    rows.append(("student, CE only" if ce_only else "student, distilled", student))
+    lines = [f"\n=== distill summary ({steps} steps) ===", format_table(rows)]
+    values: dict[str, float] = {}
+    if baseline is not None:
+        more, values = verdict(student, baseline, teacher)
+        lines += more
+    return Summary("\n".join(lines), teacher, baseline, student, values)
+
+
+def write_summary(summary: Summary, out_dir: str | Path, baseline_dir: Path | None = None) -> None:
+    """``summary.json``, ``summary.txt`` and ``summary.png`` (curves) in ``out_dir``."""
+    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    result.write_text(json.dumps(metrics, indent=2))
-    return metrics
+    (out_dir / "summary.json").write_text(json.dumps(summary.to_json(), indent=2))
+    (out_dir / "summary.txt").write_text(summary.text + "\n")
+    try:
+        plot = plot_summary(out_dir, baseline_dir if summary.baseline is not None else None,
+                            summary.teacher["loss"] if summary.teacher else None, out_dir / "summary.png")
+        if plot is not None:
+            log.info("curves: %s", plot)
+    except Exception as e:  # a plot must never cost the run its results
+        log.warning("summary.png not written: %s", e)
 
 
 def plot_summary(run_dir: Path, baseline_dir: Path | None, teacher_loss: float | None, path: Path) -> Path | None:
@@ -102,83 +150,28 @@ def plot_summary(run_dir: Path, baseline_dir: Path | None, teacher_loss: float |
     ax_val.set(xlabel="optimizer step", ylabel="held-out CE (nats/token)", title="held-out loss")
     ax_val.legend()
     terms = sorted({k[6:] for r in rows for k in r if k.startswith("train/")} - {"loss", "lr"})
+    ax_temp = None
     for term in terms:
         points = [(r["step"], r[f"train/{term}"]) for r in rows if f"train/{term}" in r]
-        schedule = term.startswith("w_") or term == "temperature"
-        (ax_sched if schedule else ax_train).plot(*zip(*points), label=term,
-                                                  linestyle="--" if term == "temperature" else "-")
+        if term == "temperature":
+            # its own axis: a temperature of 1 would otherwise hide under a weight of 1
+            ax_temp = ax_sched.twinx()
+            ax_temp.plot(*zip(*points), label=term, color="black", linestyle=":", marker=".", markevery=0.1)
+            ax_temp.set_ylabel("temperature")
+            continue
+        (ax_sched if term.startswith("w_") else ax_train).plot(*zip(*points), label=term)
     ax_train.set(xlabel="optimizer step", ylabel="per-token value (before weighting)", title="training loss terms")
     if all(y > 0 for line in ax_train.lines for y in line.get_ydata()):
         ax_train.set_yscale("log")  # terms differ by orders of magnitude
-    ax_sched.set(xlabel="optimizer step", title="schedules: weights and temperature")
-    for ax in (ax_train, ax_sched):
-        if ax.lines:
-            ax.legend(fontsize="small")
+    ax_sched.set(xlabel="optimizer step", ylabel="weight", title="schedules: weights and temperature")
+    if ax_train.lines:
+        ax_train.legend(fontsize="small")
+    handles = ax_sched.lines + (ax_temp.lines if ax_temp is not None else [])
+    if handles:
+        ax_sched.legend(handles, [h.get_label() for h in handles], fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
 
 
-def gap_closed(student: float, baseline: float, teacher: float) -> float | None:
-    gap = baseline - teacher
-    return None if gap <= 0 else (baseline - student) / gap
-
-
-def format_table(rows: list[tuple[str, dict]]) -> str:
-    lines = [f"{'model':<28}{'held-out CE':>12}{'ppl':>9}{'top-1 agree':>13}{'KL(T||S)':>10}",
-             "-" * 72]
-    for name, m in rows:
-        agree = f"{m['agreement']:.3f}" if "agreement" in m else "-"
-        kl = f"{m['kl']:.3f}" if "kl" in m else "-"
-        lines.append(f"{name:<28}{m['loss']:>12.3f}{m['ppl']:>9.1f}{agree:>13}{kl:>10}")
-    return "\n".join(lines)
-
-
-def summarize(cfg: DictConfig, metrics: dict[str, float]) -> dict[str, float]:
-    """Print the summary, write ``summary.json``; return extra metrics (``summary/*``)."""
-    if "val/loss" not in metrics:
-        log.warning("summary: no val/loss logged (validation never ran); nothing to summarise")
-        return {}
-    student = {k[4:]: v for k, v in metrics.items() if k.startswith("val/")}
-    rows = []
-    teacher = None
-    if "teacher_loss" in student:
-        teacher = {"loss": student["teacher_loss"], "ppl": student["teacher_ppl"]}
-        rows.append(("teacher", teacher))
-    out = {}
-    baseline = None
-    if cfg.summary.baseline and teacher is not None and not _is_ce_only(cfg):
-        b = run_baseline(cfg)
-        baseline = {k[4:]: v for k, v in b.items() if k.startswith("val/")}
-        rows.append(("student, CE only (baseline)", baseline))
-    rows.append(("student, distilled" if not _is_ce_only(cfg) else "student, CE only", student))
-    lines = [f"\n=== distill summary ({cfg.trainer.max_steps} steps) ===", format_table(rows)]
-    if baseline is not None:
-        closed = gap_closed(student["loss"], baseline["loss"], teacher["loss"])
-        out["summary/baseline_loss"] = baseline["loss"]
-        if closed is None:
-            lines.append("WARNING: the teacher is not better than the CE-only student on held-out data, so it has "
-                         "nothing to teach. Train the teacher longer (teacher.pretrain.steps) or use a larger one.")
-        else:
-            out["summary/gap_closed"] = closed
-            lines.append(f"distillation closed {100 * closed:.1f}% of the CE-student-to-teacher gap "
-                         f"({baseline['loss']:.3f} -> {student['loss']:.3f}; teacher {teacher['loss']:.3f})")
-            if baseline["loss"] - teacher["loss"] < 0.2:
-                lines.append("WARNING: the teacher is barely stronger than the student trained alone "
-                             f"({baseline['loss'] - teacher['loss']:.3f} nats); distillation cannot help much.")
-    text = "\n".join(lines)
-    print(text, flush=True)
-    out_dir = Path(cfg.paths.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "summary.json").write_text(json.dumps(
-        {"teacher": teacher, "baseline": baseline, "student": student, **out}, indent=2))
-    (out_dir / "summary.txt").write_text(text + "\n")
-    try:
-        plot = plot_summary(out_dir, baseline_dir(cfg) if baseline is not None else None,
-                            teacher["loss"] if teacher else None, out_dir / "summary.png")
-        if plot is not None:
-            log.info("curves: %s", plot)
-    except Exception as e:  # a plot must never cost the run its results
-        log.warning("summary.png not written: %s", e)
-    return out

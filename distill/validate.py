@@ -1,40 +1,26 @@
-"""Check a composed config against what its components need, before any weights load.
+"""Checks on a composed config and its cheap parts, before any weights load.
 
-Each check raises an error that names the config key (or file) at fault and says what would fix
-it, so a bad sweep point fails in a second instead of after a model download.
+Each check raises a :class:`~distill.config.ConfigError` that names the config key (or file) at
+fault and says what would fix it, so a bad sweep point fails in a second instead of after a model
+download. :mod:`distill.build` runs them in order; nothing here instantiates anything.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from typing import Any
 
 from omegaconf import DictConfig
 
-from distill.config import ConfigError, instantiate
+from distill.config import ConfigError
+from distill.data.tokenizer import load_tokenizer, same_vocabulary
 from distill.losses.combine import DistillationLoss
-from distill.losses.components import STUDENT_ATTN, TEACHER_ATTN, TEACHER_HIDDEN, TEACHER_LOGITS
 from distill.models import ModelSpec
 from distill.teachers.base import Teacher
-from distill.types import TeacherKind
+from distill.types import Need, TeacherKind
 
 log = logging.getLogger(__name__)
 
 FLASH = ("flash_attention_2", "flash_attention_3", "sdpa")
-
-
-@dataclass
-class Checked:
-    student: ModelSpec
-    teacher: Teacher
-    loss: DistillationLoss
-    tokenizer: Any
-    vocab_size: int | None
-
-
-def _build(node: DictConfig, what: str):
-    return instantiate(node, what)
 
 
 def check_trainer(cfg: DictConfig) -> None:
@@ -55,23 +41,32 @@ def check_trainer(cfg: DictConfig) -> None:
 def check_vocab(student_tok, teacher: Teacher, loss: DistillationLoss) -> int | None:
     """Logit losses compare distributions id by id, so both models must share one tokenizer.
 
+    The teacher's *own* tokenizer is compared (its ``tokenizer`` setting, which defaults to the
+    folder or hub id it loads from), so a teacher folder whose ids differ from the student's is
+    refused even when its vocabulary has the same size. Components that declare
+    ``shared_vocabulary = False`` (ULD, which compares sorted probability vectors) need no shared
+    vocabulary.
+
     Returns the number of ids to compare (the tokenizer's size): models whose embedding matrices are
     padded to different sizes (e.g. Qwen2.5 0.5B 151,936 vs 7B 152,064 rows) line up on those ids.
+    None when the tokenizers differ and no component needs them to agree.
     """
-    from distill.data.tokenizer import load_tokenizer
-
-    if teacher.kind == TeacherKind.NONE or TEACHER_LOGITS not in loss.needs and teacher.kind != TeacherKind.FULL:
+    logit_users = sorted(name for name, c in loss.components.items()
+                         if Need.TEACHER_LOGITS in c.needs and getattr(c, "shared_vocabulary", True))
+    if teacher.kind == TeacherKind.NONE or not logit_users and teacher.kind != TeacherKind.FULL:
         return len(student_tok)
     size = len(student_tok)
     if teacher.tokenizer and teacher.tokenizer != getattr(student_tok, "name_or_path", None):
         teacher_tok = load_tokenizer(teacher.tokenizer)
-        if teacher_tok.get_vocab() != student_tok.get_vocab():
-            if TEACHER_LOGITS in loss.needs:
+        if not same_vocabulary(teacher_tok, student_tok):
+            if logit_users:
                 raise ConfigError(
                     f"teacher tokenizer {teacher.tokenizer!r} ({len(teacher_tok)} tokens) differs from the student's "
-                    f"{student_tok.name_or_path!r} ({len(student_tok)} tokens): logit losses (KL, JSD) compare "
-                    "next-token distributions id by id and need one shared vocabulary. Pick a teacher/student "
-                    "pair from one model family, or use loss=ce / hidden-state matching only.")
+                    f"{student_tok.name_or_path!r} ({len(student_tok)} tokens): the loss components {logit_users} "
+                    "compare next-token distributions id by id and need one shared vocabulary. Pick a "
+                    "teacher/student pair from one model family; or distil across tokenizers with ULD "
+                    "(loss=uld); or use loss=ce / hidden-state matching only. If the two really are the same "
+                    "tokenizer, say so with teacher.model.tokenizer=<the student's tokenizer>.")
             return None
     info = teacher.info()
     if info is not None and info.vocab_size < size:
@@ -79,44 +74,31 @@ def check_vocab(student_tok, teacher: Teacher, loss: DistillationLoss) -> int | 
     return size
 
 
-def build_checked(cfg: DictConfig) -> Checked:
-    """Instantiate the cheap parts and check them together. Loads tokenizers and configs only."""
-    from distill.data.tokenizer import load_tokenizer
-
-    student: ModelSpec = _build(cfg.student, "student")
-    student.role = "student"
-    teacher: Teacher = _build(cfg.teacher, "teacher")
-    loss = _build(cfg.loss, "loss")
+def check_loss(loss, student: ModelSpec, teacher: Teacher) -> None:
+    """The loss against both models: kinds, attention kernels, shapes (configures the loss, once)."""
     if not isinstance(loss, DistillationLoss):
         raise ConfigError(f"loss must build a distill.losses.combine.DistillationLoss, got {type(loss).__name__}")
     needs = loss.needs
     # Attentions are probabilities materialised by the eager kernel only.
-    for role, spec, need in (("student", student, STUDENT_ATTN), ("teacher", getattr(teacher, "spec", None), TEACHER_ATTN)):
+    for role, spec, need in (("student", student, Need.STUDENT_ATTN),
+                             ("teacher", getattr(teacher, "spec", None), Need.TEACHER_ATTN)):
         impl = spec and (spec.config_kwargs or {}).get("attn_implementation")
         if need in needs and impl in FLASH:
             raise ConfigError(f"{role} uses attn_implementation={impl!r}, which never materialises attention "
                               "maps, but the loss has an attention-matching component. Remove the setting (distill "
                               "switches to eager) or drop the attention component.")
-    if teacher.kind == TeacherKind.SPARSE and (TEACHER_HIDDEN in needs or TEACHER_ATTN in needs):
-        raise ConfigError("teacher=cached stores only top-k log-probs: hidden-state and attention matching need an "
-                          "online teacher (teacher=<model>), or remove those components from the loss")
-    student_info = student.info()
-    teacher_info = teacher.info()
+    if teacher.kind == TeacherKind.SPARSE and (Need.TEACHER_HIDDEN in needs or Need.TEACHER_ATTN in needs):
+        raise ConfigError(f"teacher={type(teacher).__name__} stores only top-k log-probs (a sparse teacher): "
+                          "hidden-state and attention matching need an online teacher (teacher=<model>), or remove "
+                          "those components from the loss")
     try:
-        loss.configure(student_info, teacher_info, teacher.kind)
+        loss.configure(student.info(), teacher.info(), teacher.kind)
     except ValueError as e:
         raise ConfigError(f"loss: {e}") from e
-    tokenizer = load_tokenizer(student.tokenizer, student.tokenizer_build)
-    if len(tokenizer) > student_info.vocab_size:
+
+
+def check_student_tokenizer(tokenizer, student: ModelSpec) -> None:
+    rows = student.info().vocab_size
+    if len(tokenizer) > rows:
         raise ConfigError(f"student tokenizer has {len(tokenizer)} ids but the student model only "
-                          f"{student_info.vocab_size} output rows; student.config.vocab_size must be >= {len(tokenizer)}")
-    vocab = check_vocab(tokenizer, teacher, loss)
-    return Checked(student, teacher, loss, tokenizer, vocab)
-
-
-def validate(cfg: DictConfig) -> Checked:
-    """Every check ``train`` runs before loading weights (for tests and ``--cfg`` style dry runs)."""
-    check_trainer(cfg)
-    return build_checked(cfg)
-
-
+                          f"{rows} output rows; student.config.vocab_size must be >= {len(tokenizer)}")

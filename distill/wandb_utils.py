@@ -49,8 +49,9 @@ class RunIdentity:
 def run_identity() -> RunIdentity:
     """Name, group, tags and task overrides of the current Hydra job (empty outside Hydra).
 
-    name: ``hydra.job.override_dirname`` (the overrides minus the keys listed in
-    ``hydra.job.config.override_dirname.exclude_keys``), ``defaults`` when there are none.
+    name: in a multirun, the keys the sweep varies (as the run's directory, see
+    :mod:`distill.run_names`); otherwise ``hydra.job.override_dirname`` (the overrides minus the
+    keys listed in ``hydra.job.config.override_dirname.exclude_keys``), ``defaults`` when none.
     group: in a multirun, the sweep directory's name (one group per sweep).
     """
     from hydra.core.hydra_config import HydraConfig
@@ -59,8 +60,17 @@ def run_identity() -> RunIdentity:
     if not HydraConfig.initialized():
         return RunIdentity(None, None)
     hc = HydraConfig.get()
+    multirun = hc.get("mode") == RunMode.MULTIRUN
     name = hc.job.get("override_dirname") or "defaults"
-    group = Path(str(hc.sweep.dir)).name if hc.get("mode") == RunMode.MULTIRUN else None
+    if multirun:
+        import sys
+
+        from distill.run_names import run_name, swept_keys
+
+        exclude = list(hc.job.config.override_dirname.get("exclude_keys") or [])
+        name = run_name(list(hc.overrides.get("task") or []), swept_keys(sys.argv[1:], hc.sweeper.get("params")),
+                        exclude)
+    group = Path(str(hc.sweep.dir)).name if multirun else None
     choices = hc.runtime.get("choices") or {}
     tags = [f"{g}:{choices[g]}" for g in TAG_GROUPS if choices.get(g) not in (None, "null")]
     return RunIdentity(name, group, tags, list(hc.overrides.get("task") or []))

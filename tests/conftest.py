@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from omegaconf import DictConfig
 
-from distill.train import compose_config
+from distill.config import compose_config
 
 REPO = Path(__file__).resolve().parents[1]
 MBPP = REPO.parent / "shared" / "data" / "mbpp" / "mbpp.jsonl"

@@ -14,7 +14,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import get_method
 from omegaconf import OmegaConf
 
-from distill.train import CONF_DIR
+from distill.config import CONF_DIR
 
 CONF = Path(CONF_DIR)
 PRIMARY = sorted(p.stem for p in CONF.glob("*.yaml"))

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from distill.losses.components import TEACHER_HIDDEN, TEACHER_LAST_HIDDEN, TEACHER_LOGITS
-from distill.train import build_components
+from distill.build import build_components
 
 GEMMA2 = ["model_type: gemma2", "vocab_size: 2048", "hidden_size: 32", "intermediate_size: 64",
           "num_hidden_layers: 1", "num_attention_heads: 4", "num_key_value_heads: 4", "head_dim: 8"]
@@ -25,7 +25,7 @@ def _step(tiny_cfg, tmp_path, loss: str, *overrides: str):
     ce = "loss.weights.ce=0.5" if loss.startswith("kd") else "+loss.weights.ce=0.5"  # CE counts too
     cfg = tiny_cfg(f"loss={loss}", ce, *overrides, output_dir=tmp_path / loss)
     torch.manual_seed(0)
-    module = build_components(cfg).module
+    module = build_components(cfg).load().module
     seen, head_calls = [], []
     teacher_forward = module.teacher_forward
     module.teacher_forward = lambda batch, needs: seen.append(teacher_forward(batch, needs)) or seen[-1]
@@ -52,7 +52,7 @@ def test_kd_fused_matches_kd_without_forming_teacher_logits(tiny_cfg, tmp_path):
 def test_a_plain_logit_component_next_to_a_fused_one_gets_teacher_logits(tiny_cfg, tmp_path):
     plain = "+loss.components.rkl={_target_: distill.losses.components.ReverseKL}"
     cfg = tiny_cfg("loss=kd_fused", plain, "+loss.weights.rkl=0.5", output_dir=tmp_path / "mixed")
-    module = build_components(cfg).module
+    module = build_components(cfg).load().module
     assert module.loss.teacher_needs == {TEACHER_LOGITS}
     loss_value, logs = module.step_loss(_batch(), step=0)
     assert torch.isfinite(loss_value) and logs["rkl"] > 0
@@ -60,7 +60,7 @@ def test_a_plain_logit_component_next_to_a_fused_one_gets_teacher_logits(tiny_cf
 
 def test_teacher_needs_per_loss(tiny_cfg, tmp_path):
     def needs(*overrides):
-        return build_components(tiny_cfg(*overrides, output_dir=tmp_path / "n")).module.loss.teacher_needs
+        return build_components(tiny_cfg(*overrides, output_dir=tmp_path / "n")).load().module.loss.teacher_needs
 
     assert needs("loss=kd") == {TEACHER_LOGITS}
     assert needs("loss=kd_fused") == {TEACHER_LAST_HIDDEN}
@@ -90,4 +90,4 @@ def test_soft_capped_student_head_under_a_fused_loss_is_a_clear_error(tiny_cfg, 
     gemma = "{" + ", ".join(GEMMA2) + "}"
     cfg = tiny_cfg("loss=kd_fused", "~student.config", f"+student.config={gemma}", output_dir=tmp_path / "capped")
     with pytest.raises(ValueError, match=r"not a plain linear map.*loss=kd_chunked"):
-        build_components(cfg)
+        build_components(cfg).load()

@@ -6,7 +6,7 @@ import pytest
 
 from distill.runs import read_metrics
 from distill.summary import gap_closed, plot_summary
-from distill.train import train
+from distill import pipeline
 
 
 def test_gap_closed_formula():
@@ -16,7 +16,7 @@ def test_gap_closed_formula():
 
 def test_summary_trains_the_baseline_once_and_reports(tiny_cfg, tmp_path, capsys, distill_cache):
     cfg = tiny_cfg("summary.enabled=true", output_dir=tmp_path / "a")
-    metrics = train(cfg)
+    metrics = pipeline.run(cfg)
     out = capsys.readouterr().out
     assert "=== distill summary" in out and "student, CE only (baseline)" in out and "student, distilled" in out
     summary = json.loads((tmp_path / "a" / "summary.json").read_text())
@@ -32,16 +32,16 @@ def test_summary_trains_the_baseline_once_and_reports(tiny_cfg, tmp_path, capsys
     assert "WARNING" in out
 
     # a second run with another loss reuses the cached baseline (no new baseline dir)
-    train(tiny_cfg("summary.enabled=true", "loss=jsd", output_dir=tmp_path / "b"))
+    pipeline.run(tiny_cfg("summary.enabled=true", "loss=jsd", output_dir=tmp_path / "b"))
     assert list((distill_cache / "baselines").glob("*/metrics.json")) == baselines
 
 
 def test_summary_plot_with_a_baseline_that_kept_only_its_final_value(tiny_cfg, tmp_path):
-    run = tmp_path / "run"
-    train(tiny_cfg("loss=progressive", output_dir=run))
+    run_dir = tmp_path / "run"
+    pipeline.run(tiny_cfg("loss=progressive", output_dir=run_dir))
     old_baseline = tmp_path / "old"
     old_baseline.mkdir()
     (old_baseline / "metrics.json").write_text(json.dumps({"val/loss": 7.0}))
-    path = plot_summary(run, old_baseline, teacher_loss=6.5, path=tmp_path / "s.png")
+    path = plot_summary(run_dir, old_baseline, teacher_loss=6.5, path=tmp_path / "s.png")
     assert path.stat().st_size > 10_000
     assert plot_summary(tmp_path / "empty", None, None, tmp_path / "none.png") is None  # nothing logged

@@ -19,7 +19,7 @@ from PIL import Image
 
 from distill import compare
 from distill.runs import read_metrics
-from distill.train import CONF_DIR
+from distill.config import CONF_DIR
 
 # A few optimizer steps on the tiny models, one validation at the end.
 TINY = ["debug=tiny", "trainer.max_steps=2", "trainer.val_check_interval=2", "export.enabled=false"]
@@ -28,7 +28,7 @@ TINY = ["debug=tiny", "trainer.max_steps=2", "trainer.val_check_interval=2", "ex
 def _script(name: str) -> list[str]:
     """The installed console script next to this interpreter (what a user runs)."""
     exe = Path(sys.executable).parent / name
-    module = {"distill-train": "distill.train", "distill-compare": "distill.compare"}[name]
+    module = {"distill-train": "distill.pipeline", "distill-compare": "distill.compare"}[name]
     return [str(exe)] if exe.exists() else [sys.executable, "-m", module]
 
 
@@ -59,9 +59,9 @@ def test_multirun_2x2_writes_one_run_dir_per_point_and_compares(tmp_path):
     assert len(runs) == 4, [p.name for p in runs]
     seen = set()
     for run in runs:
-        # subdir: <job number>_<overrides>, so the directory says what the run is
+        # subdir: <job number>_<swept keys>, so the directory says what the run is, and only that
         m = re.fullmatch(r"(\d)_(.*)", run.name)
-        assert m and "loss.temperature=" in m.group(2) and "loss=" in m.group(2), run.name
+        assert m and {kv.split("=")[0] for kv in m.group(2).split(",")} == {"loss", "loss.temperature"}, run.name
         overrides = dict(o.split("=", 1) for o in yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text()))
         cfg = yaml.safe_load((run / "config_resolved.yaml").read_text())  # every ${...} filled in
         assert cfg["loss"]["temperature"] == float(overrides["loss.temperature"])
@@ -148,4 +148,4 @@ def test_search_and_launcher_presets_compose():
 def test_sweep_dirs_are_named_by_the_overrides_that_matter():
     cfg = _compose(["loss=jsd", "loss.temperature=2", "logger=none", "threads=2", "summary.baseline=false"])
     assert cfg.hydra.job.override_dirname == "loss.temperature=2,loss=jsd"
-    assert OmegaConf.to_container(cfg.hydra.sweep)["subdir"] == "${hydra.job.num}_${hydra.job.override_dirname}"
+    assert OmegaConf.to_container(cfg.hydra.sweep)["subdir"] == "${hydra.job.num}_${distill.run_name:}"

@@ -9,7 +9,8 @@ import torch
 from omegaconf import OmegaConf, open_dict
 from transformers import AutoModelForCausalLM
 
-from distill.train import build_components, train
+from distill.build import build_components
+from distill import pipeline
 
 
 from distill.runs import read_metrics
@@ -18,7 +19,7 @@ from distill.runs import read_metrics
 def test_tiny_run_logs_components_checkpoints_resumes_and_exports(tiny_cfg, tmp_path):
     run = tmp_path / "run"
     cfg = tiny_cfg("loss=progressive", output_dir=run)
-    metrics = train(cfg)
+    metrics = pipeline.run(cfg)
     rows = read_metrics(run)
     logged = {k for r in rows for k in r}
     for name in ("ce", "kl", "hidden", "attn"):
@@ -34,7 +35,7 @@ def test_tiny_run_logs_components_checkpoints_resumes_and_exports(tiny_cfg, tmp_
     with open_dict(cfg):
         cfg.ckpt_path = "last"
         cfg.trainer.max_steps = 6
-    train(cfg)
+    pipeline.run(cfg)
     train_rows = [r for r in read_metrics(run) if "train/loss" in r]
     assert len(train_rows) == 6, "the resumed run must run steps 4-5 only, keeping the log of steps 0-3"
     assert [r["step"] for r in train_rows] == [0, 1, 2, 3, 4, 5], "logged steps continue without a gap"
@@ -42,7 +43,7 @@ def test_tiny_run_logs_components_checkpoints_resumes_and_exports(tiny_cfg, tmp_
 
     # the exported student reloads with identical logits
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
-    parts = build_components(cfg)
+    parts = build_components(cfg).load()
     parts.module.load_state_dict(ckpt["state_dict"])
     # same attention kernel as in training (attention matching switched it to eager), so equal bits
     impl = parts.module.student.config._attn_implementation
@@ -61,7 +62,7 @@ def test_lora_student_exports_merged_and_reloads(tiny_cfg, tmp_path):
     run = tmp_path / "lora"
     cfg = tiny_cfg("+student.lora={r: 4, alpha: 8, dropout: 0.0, target_modules: [q_proj, v_proj]}",
                    "trainer.max_steps=2", output_dir=run)
-    train(cfg)
+    pipeline.run(cfg)
     reloaded = AutoModelForCausalLM.from_pretrained(run / "student")
     assert not any("lora" in n for n, _ in reloaded.named_parameters())
 
@@ -71,7 +72,7 @@ def _accumulation_grads(tiny_cfg, tmp_path, micro: int | None):
                    "+loss.weights.ce=0.5", "student.dtype=float64", "+teacher.model.dtype=float64",
                    f"module.micro_batch_size={micro if micro else 'null'}", output_dir=tmp_path / f"acc{micro}")
     torch.manual_seed(0)
-    parts = build_components(cfg)
+    parts = build_components(cfg).load()
     g = torch.Generator().manual_seed(1)
     ids = torch.randint(0, 2000, (8, 12), generator=g)
     attn = torch.ones_like(ids)
@@ -100,14 +101,14 @@ def test_one_step_of_8_equals_4_micro_batches_of_2(tiny_cfg, tmp_path):
 def test_custom_component_from_outside_the_package(tiny_cfg):
     cfg = tiny_cfg("+loss.components.margin={_target_: tests.fixtures.my_losses.TopOneMargin, margin: 2.0}",
                    "+loss.weights.margin=0.3", "trainer.max_steps=2")
-    metrics = train(cfg)
+    metrics = pipeline.run(cfg)
     assert "train/margin" in metrics and "train/w_margin" in metrics
     assert metrics["train/w_margin"] == pytest.approx(0.3)
 
 
 def test_teacher_is_frozen_and_untouched_by_training(tiny_cfg, tmp_path):
     cfg = tiny_cfg("trainer.max_steps=2", "export.enabled=false", output_dir=tmp_path / "frozen")
-    parts = build_components(cfg)
+    parts = build_components(cfg).load()
     teacher = parts.teacher.model
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
     import lightning as L
@@ -126,7 +127,7 @@ def test_padded_embedding_sizes_share_the_tokenizer_ids(tiny_cfg):
     # Same tokenizer, teacher embedding padded to 2176 rows (like Qwen2.5 7B vs 0.5B): logits line
     # up on the tokenizer's 2048 ids and the KL is computed over those.
     cfg = tiny_cfg("teacher.model.config.vocab_size=2176", "trainer.max_steps=2")
-    parts = build_components(cfg)
+    parts = build_components(cfg).load()
     assert parts.module.vocab_size == len(parts.tokenizer) == 2048
     batch = next(iter(parts.datamodule.train_dataloader())) if parts.datamodule.train_set else None
     if batch is None:
@@ -134,7 +135,7 @@ def test_padded_embedding_sizes_share_the_tokenizer_ids(tiny_cfg):
         batch = next(iter(parts.datamodule.train_dataloader()))
     t = parts.module.teacher_forward(batch, frozenset({"teacher_logits"}))
     assert t.logits.shape[-1] == 2048
-    metrics = train(cfg)
+    metrics = pipeline.run(cfg)
     assert torch.isfinite(torch.tensor(metrics["train/kl"]))
 
 
@@ -145,17 +146,17 @@ def test_lora_adapter_export_reloads_with_peft(tiny_cfg, tmp_path):
     run = tmp_path / "adapter"
     cfg = tiny_cfg("+student.lora={r: 4, alpha: 8, dropout: 0.0, target_modules: [q_proj, v_proj]}",
                    "trainer.max_steps=2", "export.merge_lora=false", output_dir=run)
-    train(cfg)
+    pipeline.run(cfg)
     assert (run / "student" / "adapter_config.json").exists()
     assert not (run / "student" / "model.safetensors").exists()
     # Rebuild the trained module from its checkpoint, and separately the frozen base exactly as
-    # train() initialised it (same seed, LoRA off), then put the exported adapter on that base.
-    parts = build_components(cfg)
+    # pipeline.run() initialised it (same seed, LoRA off), then put the exported adapter on that base.
+    parts = build_components(cfg).load()
     parts.module.load_state_dict(torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"])
     with open_dict(cfg):
         cfg.student.lora = None
     L.seed_everything(cfg.seed)
-    base = build_components(cfg).module.student
+    base = build_components(cfg).load().module.student
     reloaded = PeftModel.from_pretrained(base, run / "student")
     ids = torch.randint(0, 2000, (2, 12))
     parts.module.student.eval(), reloaded.eval()
@@ -165,14 +166,14 @@ def test_lora_adapter_export_reloads_with_peft(tiny_cfg, tmp_path):
 
 @pytest.mark.parametrize("loss", ["kd_chunked", "kd_fused"])
 def test_chunked_and_fused_losses_train_end_to_end(tiny_cfg, loss):
-    metrics = train(tiny_cfg(f"loss={loss}", "trainer.max_steps=2"))
+    metrics = pipeline.run(tiny_cfg(f"loss={loss}", "trainer.max_steps=2"))
     assert torch.isfinite(torch.tensor(metrics["train/kl"])) and metrics["train/kl"] > 0
 
 
 def test_epoch_based_run_sizes_the_lr_schedule(tiny_cfg):
     cfg = tiny_cfg("trainer.max_steps=-1", "trainer.max_epochs=1", "data.source.max_chars=3000",
                    "data.batch_size=2", "trainer.val_check_interval=null", "trainer.check_val_every_n_epoch=1")
-    metrics = train(cfg)
+    metrics = pipeline.run(cfg)
     assert "val/loss" in metrics
 
 
@@ -186,11 +187,11 @@ def test_resumed_runs_log_consecutive_steps(tiny_cfg, tmp_path, first, more):
     run = tmp_path / "run"
     cfg = tiny_cfg("data.source.max_chars=3000", "data.batch_size=2", "trainer.val_check_interval=null",
                    "trainer.check_val_every_n_epoch=1", "export.enabled=false", *first, output_dir=run)
-    train(cfg)
+    pipeline.run(cfg)
     with open_dict(cfg):
         cfg.ckpt_path = "last"
         cfg.trainer.update(more)
-    train(cfg)
+    pipeline.run(cfg)
     steps = [int(r["step"]) for r in read_metrics(run) if "train/loss" in r]
     assert steps == list(range(len(steps))) and len(steps) in (14, 35, 62)
 
@@ -203,7 +204,7 @@ def test_weight_zero_terms_are_computed_only_on_recorded_steps(tiny_cfg, tmp_pat
     forward = CrossEntropy.forward
     monkeypatch.setattr(CrossEntropy, "forward", lambda self, inputs: calls.append(1) or forward(self, inputs))
     run = tmp_path / "run"
-    train(tiny_cfg("loss=kd", "trainer.log_every_n_steps=2", "export.enabled=false", output_dir=run))
+    pipeline.run(tiny_cfg("loss=kd", "trainer.log_every_n_steps=2", "export.enabled=false", output_dir=run))
     rows = [r for r in read_metrics(run) if "train/loss" in r]
     assert [int(r["step"]) for r in rows] == [1, 3]
     assert all("train/ce" in r and r["train/ce"] > 0 and r["train/w_ce"] == 0.0 for r in rows)

@@ -36,20 +36,75 @@ def train_bpe_tokenizer(texts: list[str], vocab_size: int, out_dir: str | Path) 
     return AutoTokenizer.from_pretrained(out)
 
 
-def load_tokenizer(name_or_path: str, build: dict | None = None) -> PreTrainedTokenizerBase:
-    """Load a tokenizer; if ``build`` is given and ``name_or_path`` is missing, train it first.
+def build_key(build: dict, source=None) -> str:
+    """What determines a trained tokenizer: its settings and the texts it is trained on.
+
+    ``corpus: data`` trains on the run's own training split, so the key holds that source's
+    fingerprint (or, for a source without one, a hash of its texts); ``corpus: stdlib`` on the
+    interpreter's standard library.
+    """
+    import hashlib
+    import json
+    import sys
+
+    settings = {k: v for k, v in build.items() if k != "dir"}
+    corpus = settings.get("corpus", "stdlib")
+    if corpus == "data":
+        if source is None:
+            raise ValueError("student.tokenizer_build.corpus=data trains on the run's data, but no data source "
+                             "was given")
+        what = source.fingerprint("train") if hasattr(source, "fingerprint") else ""
+        if not what:
+            what = hashlib.sha256("\0".join(_build_texts(build, source)).encode()).hexdigest()
+        settings["data"] = [type(source).__name__, what]
+    else:
+        settings["data"] = ["stdlib", sys.version]
+    return hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def _build_texts(build: dict, source=None) -> list[str]:
+    from distill.data.corpus import cap_chars, read_stdlib_texts
+
+    max_chars = build.get("max_chars", 3_000_000)
+    corpus = build.get("corpus", "stdlib")
+    if corpus == "data":
+        return cap_chars(source.texts("train"), max_chars)
+    if corpus != "stdlib":
+        raise ValueError(f"student.tokenizer_build.corpus: 'data' (the run's training data) or 'stdlib', "
+                         f"got {corpus!r}")
+    return read_stdlib_texts("train", max_chars=max_chars)
+
+
+def trained_tokenizer_path(build: dict, source=None) -> Path:
+    """The folder of the tokenizer ``build`` describes: ``<dir>/bpe-<vocab>-<key>`` (see :func:`build_key`)."""
+    if not build.get("dir"):
+        raise ValueError("student.tokenizer_build.dir: where trained tokenizers are kept (e.g. "
+                         "${paths.cache_dir}/tokenizers); or set student.tokenizer to a folder")
+    return Path(build["dir"]) / f"bpe-{int(build.get('vocab_size', 2048))}-{build_key(build, source)}"
+
+
+def load_tokenizer(name_or_path: str | None, build: dict | None = None, source=None) -> PreTrainedTokenizerBase:
+    """Load a tokenizer; with ``build`` and no such folder yet, train it first.
 
     Args:
-        name_or_path: hub id or local folder.
-        build: ``{"corpus": "stdlib", "vocab_size": N, "max_chars": M}`` to train a byte-level BPE
-            on the stdlib corpus when the folder does not exist yet (the embedded default).
+        name_or_path: hub id or local folder; None with ``build`` = the keyed folder
+            :func:`trained_tokenizer_path` names.
+        build: ``{"corpus": "data" | "stdlib", "vocab_size": N, "max_chars": M, "dir": D}`` to train
+            a byte-level BPE when the folder does not exist yet (the embedded default and tiny
+            models). ``corpus: data`` trains on the first ``max_chars`` characters of the run's
+            training split, so the tokenizer follows the run's data.
+        source: the run's data source (for ``corpus: data``).
     """
+    if build and name_or_path is None:
+        name_or_path = str(trained_tokenizer_path(build, source))
+    if name_or_path is None:
+        raise ValueError("student.tokenizer: set a tokenizer folder or hub id (or student.tokenizer_build)")
     if build and not Path(name_or_path).exists():
-        from distill.data.corpus import read_stdlib_texts
-
-        if build.get("corpus", "stdlib") != "stdlib":
-            raise ValueError(f"student.tokenizer_build.corpus: only 'stdlib' can be trained here, got {build['corpus']!r}")
-        texts = read_stdlib_texts("train", max_chars=build.get("max_chars", 3_000_000))
+        texts = _build_texts(build, source)
+        if not texts:
+            raise ValueError(f"data: source {type(source).__name__ if source is not None else 'stdlib'} gave 0 "
+                             "training examples (no text), fewer than one batch, and none to train the student's "
+                             "tokenizer on (student.tokenizer_build). Point the data source at files with text.")
         Path(name_or_path).parent.mkdir(parents=True, exist_ok=True)
         return train_bpe_tokenizer(texts, int(build.get("vocab_size", 2048)), name_or_path)
     try:
@@ -62,3 +117,23 @@ def load_tokenizer(name_or_path: str, build: dict | None = None) -> PreTrainedTo
         # Causal LMs often ship without a pad token; padding positions are masked anyway.
         tok.pad_token = tok.eos_token
     return tok
+
+
+def tokenizer_fingerprint(tokenizer) -> dict:
+    """``{name_or_path, size, vocab_sha256}``: the hash of the id <-> token map decides identity.
+
+    The one definition of "the same tokenizer" (vocabulary checks, caches, tokenized-data keys).
+    """
+    import hashlib
+    import json
+
+    vocab = tokenizer.get_vocab()
+    # the serialisation existing cache manifests were written with: keep it byte for byte
+    digest = hashlib.sha256(json.dumps(sorted(vocab.items()), sort_keys=True, default=str).encode()).hexdigest()
+    return {"name_or_path": str(getattr(tokenizer, "name_or_path", "")), "size": len(tokenizer),
+            "vocab_sha256": digest}
+
+
+def same_vocabulary(a, b) -> bool:
+    """True when both tokenizers map every token to the same id (sizes alone are not enough)."""
+    return a is b or a.get_vocab() == b.get_vocab()

@@ -18,6 +18,14 @@ import torch.nn.functional as F
 IGNORE_INDEX = -100
 
 
+def next_token_targets(labels: torch.Tensor) -> torch.Tensor:
+    """``(B, L)`` labels -> ``(B, L)`` targets: position ``t`` predicts ``labels[t + 1]``; the last is -100.
+
+    The one definition of the causal-LM shift (training, validation, teacher pretraining).
+    """
+    return torch.nn.functional.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
+
+
 def upcast(x: torch.Tensor) -> torch.Tensor:
     """bf16/fp16 -> fp32 (softmax over 150k logits in half precision loses the tail); fp64 stays."""
     return x.to(torch.promote_types(x.dtype, torch.float32))

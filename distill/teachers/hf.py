@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from distill.types import ModelInfo, Need
+from distill.config import ConfigError
 from distill.models import ModelSpec, head_is_plain_linear, output_head
 from distill.teachers.base import Teacher
 from distill.types import TeacherOutput
@@ -21,10 +22,12 @@ class HFTeacher(Teacher):
 
     Args:
         model: how to build the teacher (any ``AutoModelForCausalLM``, optionally 4-bit).
-        pretrain: when set and ``model.name_or_path`` does not exist yet, the teacher is first
-            trained from ``model.config`` on the run's training data and saved there (see
-            :mod:`distill.teachers.pretrain`); later runs reuse it. This is how the embedded default
-            gets a teacher on a machine without a model hub.
+        pretrain: settings of :func:`distill.teachers.pretrain.pretrain_teacher` plus ``dir`` and
+            ``name``. The teacher is then trained from ``model.config`` on the run's training data
+            (with the run's tokenizer) the first time, and kept in
+            ``<dir>/<name>-s<steps>-<key>``, keyed by everything that determines it; later runs with
+            the same data and recipe load it. This is how the embedded default gets a teacher on
+            a machine without a model hub. Exclusive with ``model.name_or_path`` (your own model).
     """
 
     kind = TeacherKind.FULL
@@ -35,6 +38,16 @@ class HFTeacher(Teacher):
         self.pretrain = dict(pretrain) if pretrain else None
         if self.spec.lora is not None:
             raise ValueError("teacher.model.lora: a frozen teacher takes no LoRA adapter; remove it")
+        if self.pretrain and model.name_or_path:
+            # Loading a folder while the preset also describes a teacher to pretrain would record
+            # one model in the saved config and train against another.
+            raise ConfigError(
+                f"teacher.model.name_or_path={model.name_or_path!r} loads a trained teacher, but this teacher preset "
+                "also pretrains one (teacher.pretrain, from teacher.model.config). To use your own model start from "
+                f"the preset for it: teacher=hf teacher.model.name_or_path={model.name_or_path} (its own tokenizer "
+                "is then checked against the student's). See README, 'Your own models'.")
+        if self.pretrain and not model.config_kwargs:
+            raise ConfigError("teacher.pretrain needs teacher.model.config: the architecture to pretrain")
         self.model: torch.nn.Module | None = None
         self._plain_head = False
 
@@ -46,10 +59,18 @@ class HFTeacher(Teacher):
         return self.spec.tokenizer
 
     def prepare(self, datamodule) -> None:
-        if self.pretrain and self.spec.name_or_path and not Path(self.spec.name_or_path).exists():
-            from distill.teachers.pretrain import pretrain_teacher
+        if not self.pretrain:
+            return
+        from distill.teachers.pretrain import pretrain_key, pretrain_teacher
 
-            pretrain_teacher(self.spec, datamodule, **self.pretrain)
+        settings = dict(self.pretrain)
+        folder = Path(settings.pop("dir")) / f"{settings.pop('name', 'teacher')}-s{settings.get('steps')}-" \
+            f"{pretrain_key(self.spec, datamodule, self.pretrain)}"
+        self.spec.name_or_path = str(folder)
+        if folder.exists():
+            log.info("default teacher: loading %s (trained on this run's data and tokenizer)", folder)
+        else:
+            pretrain_teacher(self.spec, datamodule, **settings)
 
     def load(self, attn_implementation: str | None = None) -> None:
         if self.model is None:

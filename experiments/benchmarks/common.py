@@ -18,7 +18,7 @@ if str(REPO) not in sys.path:
 
 def compose(config_name: str, overrides: list[str], output_dir: Path):
     """The config the CLI would build (Hydra compose API), writing into ``output_dir``."""
-    from distill.train import compose_config
+    from distill.config import compose_config
 
     return compose_config(config_name, overrides, output_dir, root_dir=REPO)
 

@@ -53,7 +53,7 @@ def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
     from distill.teachers.cache_cli import cache_logits
-    from distill.train import train
+    from distill import pipeline
 
     out = Path(tempfile.mkdtemp(prefix="distill-sweep-"))
     steps = args.steps
@@ -75,7 +75,7 @@ def main() -> None:
                                                             f"teacher.mode={args.mode}", f"teacher.k={args.k}"])):
                 cfg = compose("train", [*common, f"module.optimizer.lr={lr}", *extra], out / f"{kind}{i}")
                 t, c = time.perf_counter(), time.process_time()
-                metrics = train(cfg)
+                metrics = pipeline.run(cfg)
                 row[f"{kind}_s"] = time.perf_counter() - t
                 row[f"{kind}_cpu"] = time.process_time() - c
                 row[f"{kind}_val_loss"] = metrics.get("val/loss", math.nan)

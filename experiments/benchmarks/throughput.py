@@ -60,8 +60,8 @@ class Setup:
     """Config, tokenizer, examples, teacher path: built once, shared by every method."""
 
     def __init__(self, batch_size: int, seq_len: int, seed: int, out: Path):
-        from distill.train import instantiate
-        from distill.validate import build_checked
+        from distill.config import instantiate
+        from distill.build import build_checked
 
         self.out, self.seed, self.batch_size = out, seed, batch_size
         self.overrides = [f"seed={seed}", f"data.batch_size={batch_size}", f"data.seq_len={seq_len}",
@@ -135,7 +135,8 @@ def run_minimal(setup: Setup, total: int, clock: StepClock) -> None:
 def run_distill(setup: Setup, total: int, clock: StepClock, extra: list[str] | None = None) -> None:
     import lightning as L
 
-    from distill.train import build_components, instantiate
+    from distill.build import build_components
+    from distill.config import instantiate
 
     class Tick(L.Callback):
         def on_train_start(self, trainer, pl_module):
@@ -146,7 +147,7 @@ def run_distill(setup: Setup, total: int, clock: StepClock, extra: list[str] | N
 
     cfg = compose("train", [*setup.overrides, f"trainer.max_steps={total}", *(extra or [])], setup.out / "distill")
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    parts = build_components(cfg)
+    parts = build_components(cfg).load()
     trainer = instantiate(cfg.trainer, "trainer", callbacks=[Tick()], logger=False, enable_checkpointing=False)
     trainer.fit(parts.module, datamodule=parts.datamodule)
 

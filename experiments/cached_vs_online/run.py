@@ -38,7 +38,7 @@ log = logging.getLogger("cached_vs_online")
 
 def compose(config_name: str, overrides: list[str], output_dir: Path):
     """The config the CLI would build (Hydra compose API), writing into ``output_dir``."""
-    from distill.train import compose_config
+    from distill.config import compose_config
 
     return compose_config(config_name, overrides, output_dir, root_dir=REPO)
 
@@ -96,7 +96,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     from distill.teachers.cache_cli import cache_logits
-    from distill.train import train
+    from distill import pipeline
 
     out = Path(args.out)
     steps = args.steps
@@ -127,15 +127,15 @@ def main() -> None:
     for name, overrides in plan:
         run_dir = out / name
         t = time.time()
-        metrics = train(compose("train", overrides, run_dir))
+        metrics = pipeline.run(compose("train", overrides, run_dir))
         runs[name] = {"seconds": time.time() - t, "val_loss": metrics.get("val/loss"), "dir": str(run_dir),
                       "overrides": overrides}
         log.info("%s: val/loss %.4f in %.0f s", name, metrics.get("val/loss", float("nan")), runs[name]["seconds"])
 
     # ---- 3. score every student against the real teacher
-    from distill.train import build_components
+    from distill.build import build_components
 
-    parts = build_components(compose("train", common, out / "score"))
+    parts = build_components(compose("train", common, out / "score")).load()
     parts.datamodule.setup("fit")
     scores = score({n: Path(r["dir"]) / "student" for n, r in runs.items()}, parts.teacher.spec.name_or_path,
                    parts.datamodule.val_dataloader(), reference="online")

@@ -9,7 +9,7 @@ import pytest
 
 from distill.data.corpus import (HFDataset, StdlibCorpus, TextFiles, jsonl_texts, pack, read_stdlib_texts,
                                  stdlib_dir, stdlib_files)
-from distill.train import train
+from distill import pipeline
 
 MBPP = Path(__file__).resolve().parents[3] / "shared" / "data" / "mbpp" / "mbpp.jsonl"
 
@@ -106,5 +106,5 @@ def test_tiny_run_on_mbpp_code_through_data_hf(tiny_cfg):
     cfg = tiny_cfg("data=hf", "data.source.path=json", f"data.source.data_files={MBPP}",
                    "data.source.text_field=code", "data.seq_len=32", "data.batch_size=4", "data.max_val_examples=8",
                    "trainer.max_steps=2", "export.enabled=false")
-    metrics = train(cfg)
+    metrics = pipeline.run(cfg)
     assert metrics["val/loss"] > 0 and metrics["train/loss"] > 0

@@ -11,7 +11,7 @@ from hydra.utils import instantiate
 
 from distill.data.tokenizer import load_tokenizer
 from distill.evaluation.cli import run_eval
-from distill.train import train
+from distill import pipeline
 
 
 def test_train_then_compare(tiny_cfg, eval_cfg, mbpp_path, tmp_path):
@@ -25,7 +25,7 @@ def test_train_then_compare(tiny_cfg, eval_cfg, mbpp_path, tmp_path):
 
     cfg = tiny_cfg("logger=none", f"++teacher.model.name_or_path={tmp_path / 'teacher'}",
                    output_dir=tmp_path / "run")
-    metrics = train(cfg)
+    metrics = pipeline.run(cfg)
     assert "val/loss" in metrics and (tmp_path / "run" / "student" / "config.json").exists()
 
     out_dir = tmp_path / "eval"

@@ -8,8 +8,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from distill.train import instantiate
-from distill.validate import build_checked
+from distill.config import instantiate
+from distill.build import build_checked
 
 # teacher=tiny_stdlib is the default run's teacher; shrink it so pretraining takes a second.
 SMALL_TEACHER = ["teacher=tiny_stdlib", "teacher.pretrain.steps=6", "teacher.pretrain.save_every=2",

@@ -18,8 +18,12 @@ from distill.evaluation.sources.api import AnthropicApi  # noqa: E402
 
 
 def _fake_module():
-    path = Path(__file__).resolve().parents[1] / "teachers" / "api" / "conftest.py"
-    spec = importlib.util.spec_from_file_location("api_fake_conftest", path)
+    """The API-teacher tests' fake server (its own module; earlier it lived in their conftest)."""
+    here = Path(__file__).resolve().parents[1] / "teachers" / "api"
+    path = here / "fake_anthropic.py"
+    if not path.exists():
+        path = here / "conftest.py"
+    spec = importlib.util.spec_from_file_location("api_fake_server", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod

@@ -125,8 +125,8 @@ def _member(width: int, layers: int) -> dict:
             "model": {"_target_": "distill.models.ModelSpec", "config": config, "tokenizer": "${student.tokenizer}"}}
 
 
-@pytest.mark.parametrize("combine", ["mean", "token"])
-def test_tiny_run_with_two_different_teachers_logs_each_member(tiny_cfg, tmp_path, combine):
+def test_tiny_run_with_two_different_teachers_logs_each_member(tiny_cfg, tmp_path, combine="token"):
+    # one e2e run (the mean is checked against its formula above); token mode logs picks as well
     run = tmp_path / combine
     cfg = tiny_cfg("teacher=ensemble", f"teacher.combine={combine}", "trainer.max_steps=3", "export.enabled=false",
                    output_dir=run)

@@ -2,6 +2,7 @@
 
     python tests/scale/ddp_worker.py step OUT DEVICES      # one optimizer step + validation, dumped per rank
     python tests/scale/ddp_worker.py pipeline OUT DEVICES  # distill-train's pipeline, recording who writes
+    python tests/scale/ddp_worker.py fsdp2 OUT DEVICES     # the step under ModelParallelStrategy + fully_shard
 
 Lightning's DDP launcher re-runs this same command line for the other ranks (LOCAL_RANK set), so
 everything here is a function of argv. Each rank writes ``OUT/rank<r>.pt``.
@@ -40,6 +41,26 @@ class VariableLengths:
         return out
 
 
+def _full(t: torch.Tensor) -> torch.Tensor:
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
+def sharded_module(base):
+    """The training module with its student sharded by FSDP2 in ``configure_model``, over
+    ``self.device_mesh``, as ModelParallelStrategy expects (the lines the module itself needs)."""
+    from distill.sharding import fully_shard_student
+
+    class Sharded(type(base)):
+        def configure_model(self):
+            super().configure_model()
+            if not getattr(self.student, "_sharded", False):
+                fully_shard_student(self.student, self.device_mesh["data_parallel"])
+                self.student._sharded = True
+
+    base.__class__ = Sharded
+    return base
+
+
 class Capture(L.Callback):
     """Records the batch, the loss and every gradient of the first optimizer step, and val batches."""
 
@@ -52,7 +73,8 @@ class Capture(L.Callback):
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer):
         if "grads" not in self.record:
-            self.record["grads"] = {n: p.grad.detach().clone() for n, p in pl_module.named_parameters()
+            # sharded (FSDP2) gradients are DTensors: gather the whole tensor (every rank calls this)
+            self.record["grads"] = {n: _full(p.grad).detach().clone() for n, p in pl_module.named_parameters()
                                     if p.requires_grad and p.grad is not None}
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
@@ -64,7 +86,7 @@ class Capture(L.Callback):
         self.record["val_batches"].append({k: v.clone() for k, v in batch.items()})
 
 
-def step(out: Path, devices: int) -> None:
+def step(out: Path, devices: int, fsdp2: bool = False) -> None:
     from distill.build import build_components
     from tests.scale.helpers import compose
 
@@ -78,13 +100,30 @@ def step(out: Path, devices: int) -> None:
     init = {k: v.clone() for k, v in module.state_dict().items()}
     teacher = {k: v.clone() for k, v in module.teacher.model.state_dict().items()}
     capture = Capture()
-    trainer = L.Trainer(accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto",
+    strategy = "ddp" if devices > 1 else "auto"
+    if fsdp2:
+        from lightning.pytorch.strategies import ModelParallelStrategy
+
+        strategy = ModelParallelStrategy(data_parallel_size=devices, tensor_parallel_size=1,
+                                         save_distributed_checkpoint=False)
+        module = sharded_module(module)
+    trainer = L.Trainer(accelerator="cpu", devices=devices, strategy=strategy,
                         max_steps=1, val_check_interval=1, check_val_every_n_epoch=None, num_sanity_val_steps=0,
                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, callbacks=[capture])
     trainer.fit(module, datamodule=dm)
     val = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
-    torch.save({**capture.record, "val": val, "init": init, "teacher": teacher, "world": trainer.world_size},
+    extra = {}
+    if fsdp2:
+        trainer.save_checkpoint(out / "fsdp2.ckpt")  # one consolidated file (save_distributed_checkpoint=False)
+        opt = trainer.optimizers[0]
+        extra = {"after": {k: _full(v).detach().clone() for k, v in module.state_dict().items()},
+                 "sharded": sorted(n for n, p in module.named_parameters() if hasattr(p, "full_tensor")),
+                 "local_optimizer_numel": sum(p.numel() if not hasattr(p, "to_local") else p.to_local().numel()
+                                              for g in opt.param_groups for p in g["params"]),
+                 "teacher_plain": all(not hasattr(p, "full_tensor") for p in module.teacher.model.parameters()),
+                 "teacher_numel": sum(p.numel() for p in module.teacher.model.parameters())}
+    torch.save({**capture.record, **extra, "val": val, "init": init, "teacher": teacher, "world": trainer.world_size},
                out / f"rank{trainer.global_rank}.pt")
 
 
@@ -114,4 +153,7 @@ def pipeline(out: Path, devices: int) -> None:
 if __name__ == "__main__":
     mode, out, devices = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
     out.mkdir(parents=True, exist_ok=True)
-    {"step": step, "pipeline": pipeline}[mode](out, devices)
+    if mode == "fsdp2":
+        step(out, devices, fsdp2=True)
+    else:
+        {"step": step, "pipeline": pipeline}[mode](out, devices)

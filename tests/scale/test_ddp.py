@@ -46,21 +46,19 @@ class OneBatch(L.LightningDataModule):
         return self.val.val_dataloader()
 
 
-@pytest.fixture(scope="module")
-def ranks(tmp_path_factory):
-    out = tmp_path_factory.mktemp("ddp")
-    run_script(["tests/scale/ddp_worker.py", "step", str(out), "2"], timeout=240,
+def launch(mode: str, out) -> list[dict]:
+    """Run the worker on 2 gloo ranks; each rank's record."""
+    run_script(["tests/scale/ddp_worker.py", mode, str(out), "2"], timeout=240,
                env={"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())})
     return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
 
 
-@pytest.fixture(scope="module")
-def single(ranks, tmp_path_factory):
+def one_process(ranks: list[dict], out) -> dict:
     """The same step in one process: the ranks' batches concatenated, all validation data."""
     from distill.build import build_components
     from distill.data.datamodule import DistillDataModule
 
-    cfg = compose(STEP, tmp_path_factory.mktemp("single"))
+    cfg = compose(STEP, out)
     parts = build_components(cfg)
     module = parts.module
     module.configure_model()
@@ -74,18 +72,20 @@ def single(ranks, tmp_path_factory):
                         num_sanity_val_steps=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, callbacks=[capture])
     trainer.fit(module, datamodule=OneBatch(batch, val))
-    return {**capture.record, "batch": batch,
+    return {**capture.record, "batch": batch, "module": module, "rank_batches": [r["batch"] for r in ranks],
             "val": {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}}
 
 
-def test_ranks_hold_different_token_counts_and_micro_batch(ranks):
+def test_ranks_hold_different_token_counts_and_micro_batch(ddp_ranks):
+    ranks = ddp_ranks
     tokens = [int((r["batch"]["labels"][:, 1:] != -100).sum()) for r in ranks]
     assert ranks[0]["world"] == 2 and tokens[0] != tokens[1], tokens
     assert all(r["batch"]["input_ids"].shape[0] == 4 for r in ranks)  # micro_batch_size=2: 2 micro-batches each
     assert not torch.equal(ranks[0]["batch"]["input_ids"][:, :3], ranks[1]["batch"]["input_ids"][:, :3])
 
 
-def test_ddp_step_loss_and_every_gradient_equal_one_process(ranks, single):
+def test_ddp_step_loss_and_every_gradient_equal_one_process(ddp_ranks, single):
+    ranks = ddp_ranks
     # each rank's loss is its share (local sum / global tokens): the shares add up to the step loss
     assert sum(r["loss"] for r in ranks) == pytest.approx(single["loss"], abs=TOL, rel=0)
     for r in ranks:  # DDP leaves the same (all-reduced) gradient on every rank
@@ -94,7 +94,8 @@ def test_ddp_step_loss_and_every_gradient_equal_one_process(ranks, single):
         assert worst <= TOL, f"gradients differ from one process by {worst}"
 
 
-def test_validation_is_reduced_over_ranks_token_weighted(ranks, single):
+def test_validation_is_reduced_over_ranks_token_weighted(ddp_ranks, single):
+    ranks = ddp_ranks
     sizes = [sum(b["input_ids"].shape[0] for b in r["val_batches"]) for r in ranks]
     assert sizes == [4, 4], "each rank validates its own half of the held-out data"
     val0, val1 = ranks[0]["val"], ranks[1]["val"]

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from hydra.utils import instantiate
 
-from distill.data.tokenizer import load_tokenizer
+from distill.build import build_checked
 from distill.evaluation.cli import run_eval
 from distill import pipeline
 
@@ -17,7 +17,7 @@ from distill import pipeline
 def test_train_then_compare(tiny_cfg, eval_cfg, mbpp_path, tmp_path):
     # a fixed teacher and the untrained student, saved as HF folders
     cfg = tiny_cfg("logger=none", output_dir=tmp_path / "run")
-    tok = load_tokenizer(cfg.student.tokenizer, dict(cfg.student.tokenizer_build))
+    tok = build_checked(cfg).tokenizer  # the run's own tokenizer (trained on its data)
     for name, node, seed in (("teacher", cfg.teacher.model, 1), ("base", cfg.student, 0)):
         torch.manual_seed(seed)
         instantiate(node).build().save_pretrained(tmp_path / name)

@@ -172,6 +172,17 @@ class ChatPairsSource:
             sides = ["val" if k == first else s for k, s in zip(keys, sides)]
         return [r for r, s in zip(recs, sides) if s == split]
 
+    def texts(self, split: str) -> list[str]:
+        """The split's raw text (prompt, then answer), e.g. for training a tokenizer on the run's data."""
+        return [f"{r[self.prompt_field]}\n{r[self.completion_field]}" for r in self.split_records(split)]
+
+    def fingerprint(self, split: str) -> str:
+        """Changes exactly when :meth:`texts` would: the file's bytes and the settings that pick records."""
+        h = hashlib.sha256(self.path.read_bytes() if self.path.is_file() else b"")
+        h.update(json.dumps([split, self.prompt_field, self.completion_field, self.val_fraction, self.seed,
+                             self.max_examples, self.max_chars]).encode())
+        return h.hexdigest()[:16]
+
     def system_of(self, r: dict[str, Any]) -> str | None:
         if self.system_prompt is None and self.system_field:
             return r.get(self.system_field)
@@ -280,6 +291,21 @@ class MultiTaskChatSource:
         if not all(isinstance(x, str) and x.strip() for x in parts):
             return None
         return self.separator.join(parts)
+
+    def texts(self, split: str) -> list[str]:
+        """Every task's prompt and target text for the split (what the student will read)."""
+        pf = self.pairs.prompt_field
+        out = []
+        for task in self.tasks:
+            for r in self.pairs.split_records(split):
+                target = self.target(task, r)
+                if target is not None:
+                    out.append(f"{task.prefix}{r[pf]}\n{target}")
+        return out
+
+    def fingerprint(self, split: str) -> str:
+        tasks = json.dumps([[t.name, t.prefix, t.target, t.weight] for t in self.tasks] + [self.separator])
+        return hashlib.sha256((self.pairs.fingerprint(split) + tasks).encode()).hexdigest()[:16]
 
     def copies(self, task: Task, key: str) -> int:
         whole = int(task.weight)

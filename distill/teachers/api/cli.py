@@ -163,7 +163,8 @@ def estimate_cost(prompts, sampling: Sampling, prices: PriceTable, mean_output_t
 
 
 def format_estimate(est: dict[str, Any]) -> str:
-    lines = [f"cost estimate: {est['calls']} calls ({est['calls_per_model']} per model), ~{est['expected_input_tokens']:,} input and "
+    lines = [f"cost estimate: {est['calls']} calls ({est['calls_per_model']} per model), "
+             f"~{est['expected_input_tokens']:,} input and "
              f"~{est['expected_output_tokens']:,} output tokens (mean {est['assumed_mean_output_tokens']} "
              f"out, max_tokens {est['max_tokens']})",
              f"  {'model':<22}{'expected':>10}{'batch':>10}{'worst':>10}"]
@@ -208,7 +209,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 gen = Generator(prompts, out_dir, sampling, prices, client,
                                 max_cost_usd=cfg.get("max_cost_usd"), progress=bool(cfg.get("progress", True)),
                                 allow_settings_change=bool(cfg.get("allow_settings_change", False)),
-                                fsync=bool(cfg.client.get("fsync", True)))
+                                fsync=bool(cfg.client.get("fsync", True)),
+                                keep_rate_state=bool(cfg.client.get("persist_rate_state", True)))
                 return await gen.run(mode=str(cfg.mode), concurrency=int(cfg.client.concurrency),
                                      batch_cfg=OmegaConf.to_container(cfg.batch, resolve=True))
             finally:

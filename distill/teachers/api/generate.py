@@ -227,7 +227,8 @@ class Generator:
             self.summary.total = len(keys)
             self.summary.done_before = len(keys) - len(pending)
             log.info("teacher data: %d prompts x %d samples x %d model(s) = %d answers; %d done already, %d to request "
-                     "(spent so far $%.4f)", len(self.prompts), self.s.n, len(self.s.teachers), len(keys), self.summary.done_before,
+                     "(spent so far $%.4f)", len(self.prompts), self.s.n, len(self.s.teachers), len(keys),
+                     self.summary.done_before,
                      len(pending), self.tracker.spent)
             self.open_progress(len(keys), self.summary.done_before)
             try:

@@ -397,7 +397,8 @@ def limits_from_config(c: Mapping[str, Any]) -> Limits:
                   input_tokens_per_minute=c.get("input_tokens_per_minute"),
                   output_tokens_per_minute=c.get("output_tokens_per_minute"),
                   burst_requests=float(c.get("burst_requests", 1)), burst_tokens_s=float(c.get("burst_tokens_s", 1.0)),
-                  period_s=float(c.get("rate_period_s", 60.0)), cache_reads_count=bool(c.get("cache_reads_count", False)))
+                  period_s=float(c.get("rate_period_s", 60.0)),
+                  cache_reads_count=bool(c.get("cache_reads_count", False)))
 
 
 def state_path(out_dir: str | Path) -> Path:

@@ -195,6 +195,20 @@ def test_batch_mode_submits_polls_collects_and_resumes(fake_api, api_key_env, tm
     assert files_contain(tmp_path, api_key_env) == []
 
 
+def test_batch_mode_with_several_teachers_collects_one_record_per_model(fake_api, api_key_env, tmp_path, teacher_cfg):
+    server = fake_api(batch_delay_s=0.1)
+    models = ["claude-haiku-4-5", "claude-sonnet-4-5"]
+    cfg = teacher_cfg(tmp_path, server.url, ["mode=batch", "stage=generate", "prompts.num_prompts=5",
+                                             f"sampling.models=[{','.join(models)}]"])
+    out = run(cfg)
+    assert out["generation"]["done_now"] == 10
+    recs = records(tmp_path)
+    assert sorted(keys_of(recs).values()) == [1] * 10
+    assert {r["requested_model"] for r in recs} == set(models) and all(r["model"] == r["requested_model"] for r in recs)
+    sent = [r["custom_id"] for b in server.batches.values() for r in b["results"]]
+    assert len(set(sent)) == 10 and all(len(c) <= 64 for c in sent)  # the API's custom_id limit
+
+
 def test_batch_errored_results_are_retried_on_rerun(fake_api, api_key_env, tmp_path):
     server = fake_api(batch_delay_s=0.1)
     prompts = make_prompts(["", "", "[[batcherr]]", ""])

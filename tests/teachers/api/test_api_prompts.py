@@ -16,6 +16,7 @@ from distill.teachers.api.prompts import generate_prompts
 from distill.teachers.api.promptset import Prompt, prompt_id, read_prompts, write_prompts
 
 NO_FILES = {"base": 0.4, "algorithms": 0.3, "data_structures": 0.3, "code_files": 0.0}
+NO_FILES_CFG = {"seed": 1, "num_prompts": 20, "proportions": NO_FILES}
 
 
 def test_shipped_base_tasks_are_many_varied_and_their_references_pass_their_tests():
@@ -158,3 +159,34 @@ def test_default_preset_composes_and_uses_the_stdlib(tmp_path):
     ps = generate_prompts(OmegaConf.to_container(cfg.prompts, resolve=True))
     fam = Counter(p.family for p in ps)
     assert fam["code_files"] == 10 and fam["base"] == 16
+
+
+@pytest.mark.parametrize("preset", ["default", "small", "python_only", "rationale"])
+@pytest.mark.parametrize("client", ["default", "fast"])
+def test_every_prompt_and_client_preset_composes(preset, client):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from distill.config import CONF_DIR
+    from distill.teachers.api.ratelimit import limits_from_config
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
+        cfg = compose("teacher_data", overrides=[f"teacher_data/prompts={preset}", f"teacher_data/client={client}"])
+    limits = limits_from_config(dict(cfg.client))
+    assert limits.requests_per_minute and limits.input_tokens_per_minute and limits.output_tokens_per_minute
+    assert cfg.prompts.response_format == ("rationale" if preset == "rationale" else "plain")
+
+
+def test_rationale_format_appends_the_instruction_and_leaves_plain_ids_alone():
+    from distill.teachers.api.rationale import INSTRUCTION
+
+    plain = generate_prompts({**NO_FILES_CFG, "response_format": "plain"})
+    again = generate_prompts(NO_FILES_CFG)
+    assert [p.id for p in plain] == [p.id for p in again]  # ids from before the option existed still hold
+    rat = generate_prompts({**NO_FILES_CFG, "response_format": "rationale"})
+    assert all(p.text.endswith(INSTRUCTION) and p.response_format == "rationale" for p in rat)
+    assert not {p.id for p in rat} & {p.id for p in plain}  # a different request, a different id
+    assert Prompt.from_dict(rat[0].to_dict()) == rat[0]
+    with pytest.raises(ValueError, match="prompts.response_format must be one of"):
+        generate_prompts({**NO_FILES_CFG, "response_format": "cot"})

@@ -195,3 +195,13 @@ def test_output_token_pacing_meets_no_429_from_the_servers_output_bucket(fake_ap
     s = go(gen)
     assert s.done_now == 30 and server.ratelimited() == 0
     assert s.rate_limit_wait_s > 0  # the output bucket (256 reserved per request) did bind
+
+
+def test_a_server_limit_below_the_configured_one_is_read_from_the_headers(fake_api, api_key_env, tmp_path, caplog):
+    server = fake_api(rate_limits={"rpm": 600})  # the organisation's real limit ...
+    gen = generator(server, tmp_path, make_prompts([""] * 40), rpm=6000, concurrency=4)  # ... configured too high
+    assert go(gen).done_now == 40
+    assert "below client.requests_per_minute=6000; pacing to the server's limit" in caplog.text
+    assert server.ratelimited() <= 2  # at most the requests sent before the first response came back
+    arrivals = server.message_times()
+    assert max_in_window(arrivals, 2.0) <= 600 / 30 + 10 + 2  # the server's own bound (capacity 10) held

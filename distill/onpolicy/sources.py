@@ -1,0 +1,234 @@
+"""Where each training sequence comes from: the data, the student (GKD), the teacher (SeqKD) or both (speculative KD).
+
+:class:`SequenceSource` is the ``sequences`` seam of :class:`distill.module.DistillationModule`:
+before each step's loss, the module calls ``source(batch, module, step)`` and trains on the batch
+it returns. Per step, a fraction ``lmbda`` of the examples (GKD's λ, Agarwal et al., ICLR 2024; a
+number or any :mod:`distill.losses.schedules` schedule, e.g. off-policy first, then on-policy) get
+an **on-policy** continuation of their prompt:
+
+* ``policy=student``: the student samples it (GKD, on-policy KD, MiniLLM-style reverse KL);
+* ``policy=speculative``: the student proposes each token, the teacher replaces those outside its
+  top-``K`` (speculative KD, :mod:`distill.onpolicy.speculative`).
+
+The other examples are **off-policy**: their data continuation (``off_policy=data``), or one the
+teacher samples (``off_policy=teacher``: sequence-level KD, Kim & Rush 2016; ``lmbda=0`` with it
+is pure SeqKD). The teacher then scores whatever sequence the batch holds, with whatever loss
+is configured, so every divergence, chunked and fused loss, hidden-state matching and
+micro-batching work unchanged.
+
+Masks: prompt tokens, padding and everything after a continuation's first EOS carry no loss; the
+generated tokens (through the EOS) do. The module counts the step's loss tokens on the returned
+batch, so the token normalisation counts the generated tokens (the bug of TRL's GKD trainer
+fixed in its PR #6478 normalised by the data's token count instead) and stays independent of the
+micro-batch size.
+
+Randomness never touches the training streams: which examples go on-policy is drawn from a
+private generator seeded by ``(seed, step, rank)``, and sampling runs inside ``fork_rng`` seeded
+the same way. So ``lmbda=0`` is today's off-policy step bit for bit (dropout masks included), a
+fixed seed reproduces the generated sequences, and each DDP rank samples its own shard with its
+own stream.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Mapping
+
+import torch
+
+from distill.config import ConfigError
+from distill.losses.schedules import Schedule, as_schedule
+from distill.onpolicy.generation import Generated, Generator, HFGenerator, Sampling
+from distill.onpolicy.prompts import PromptSpec, Row, data_row, generated_row, left_pad, right_pad
+from distill.onpolicy.speculative import speculative_generate
+from distill.types import TeacherKind
+
+log = logging.getLogger(__name__)
+
+POLICIES = ("student", "speculative")
+OFF_POLICY = ("data", "teacher")
+MIXES = ("examples", "batch")
+BATCH_KEYS = frozenset({"input_ids", "attention_mask", "labels"})
+
+
+class SequenceSource:
+    """Replaces the continuations of a step's examples with generated ones (see the module docstring).
+
+    Args:
+        lmbda: fraction of each step's examples that get an on-policy continuation, a number in
+            ``[0, 1]`` or a schedule ``step -> fraction``.
+        policy: who writes the on-policy continuations: ``student`` | ``speculative``.
+        off_policy: the other examples' continuations: ``data`` | ``teacher`` (SeqKD).
+        mix: ``examples``: round(λ·B) examples of every step (stochastic rounding), the rest
+            off-policy; ``batch``: the whole batch on-policy with probability λ (TRL's GKDTrainer).
+        prompts: :class:`PromptSpec` settings (``mode``, ``prompt_tokens``).
+        sampling: :class:`Sampling` settings (``max_new_tokens``, ``temperature``, ``top_p``, ...).
+        top_k: speculative KD's acceptance set: the teacher's top-``top_k`` tokens.
+        seed: the run's seed (``${seed}``); generation streams derive from it.
+        generator: the :class:`Generator` of student and teacher continuations (default
+            :class:`HFGenerator`; a vLLM engine would plug in here).
+    """
+
+    def __init__(self, lmbda: float | Schedule = 0.5, policy: str = "student", off_policy: str = "data",
+                 mix: str = "examples", prompts: PromptSpec | Mapping | None = None,
+                 sampling: Sampling | Mapping | None = None, top_k: int = 25, seed: int = 0,
+                 generator: Generator | None = None):
+        if policy not in POLICIES:
+            raise ConfigError(f"sequences.policy must be one of {POLICIES}, got {policy!r}")
+        if off_policy not in OFF_POLICY:
+            raise ConfigError(f"sequences.off_policy must be one of {OFF_POLICY}, got {off_policy!r}")
+        if mix not in MIXES:
+            raise ConfigError(f"sequences.mix must be one of {MIXES}, got {mix!r}")
+        if top_k < 1:
+            raise ConfigError(f"sequences.top_k must be >= 1, got {top_k}")
+        self.lmbda = as_schedule(lmbda)
+        self._check_lmbda(self.lmbda(0), 0)
+        self.policy, self.off_policy, self.mix, self.top_k, self.seed = policy, off_policy, mix, int(top_k), int(seed)
+        self.prompts = prompts if isinstance(prompts, PromptSpec) else PromptSpec(**dict(prompts or {}))
+        self.sampling = sampling if isinstance(sampling, Sampling) else Sampling(**dict(sampling or {}))
+        self.generator = generator or HFGenerator()
+        self.eos_id: int | None = None
+        self.pad_id: int | None = None
+        self._last_start: float | None = None
+        self._last_generation_s = 0.0
+
+    @staticmethod
+    def _check_lmbda(value: float, step: int) -> None:
+        if not 0.0 <= value <= 1.0:
+            raise ConfigError(f"sequences.lmbda must be in [0, 1] (the fraction of on-policy sequences), got "
+                              f"{value} at step {step}")
+
+    # ------------------------------------------------------------------ set-up
+    @property
+    def uses_teacher_model(self) -> bool:
+        """Whether the teacher must generate (SeqKD, speculative KD) and not only score."""
+        return self.policy == "speculative" or self.off_policy == "teacher"
+
+    def check(self, teacher, loss=None) -> None:
+        """Refuse, before any weights load, a teacher that cannot score (or write) new sequences."""
+        from distill.teachers.cached import CachedTeacher
+        from distill.teachers.cross_tokenizer import CrossTokenizerTeacher
+
+        members = getattr(teacher, "members", None) or {}
+        for t in [teacher, *members.values()]:
+            if isinstance(t, CachedTeacher):
+                raise ConfigError(
+                    "sequences: a cached teacher (teacher=cached) holds log-probs for the dataset's own tokens only and "
+                    "cannot score sequences generated during training. Use an online teacher: the model that wrote the "
+                    "cache (teacher=hf teacher.model.name_or_path=<its folder>, or the default teacher=tiny_stdlib), or "
+                    "teacher=remote; or switch generation off (sequences=data).")
+            if isinstance(t, CrossTokenizerTeacher):
+                raise ConfigError(
+                    "sequences: teacher=cross_tokenizer aligns the two tokenizations of each dataset example when the "
+                    "DataModule builds the batch, so it cannot score sequences generated during training. Use a teacher "
+                    "with the student's tokenizer (teacher=hf ...), or sequences=data.")
+        if teacher is None or teacher.kind == TeacherKind.NONE:
+            raise ConfigError("sequences: on-policy / SeqKD training needs a teacher to score the generated sequences, "
+                              "but teacher=none. Pick an online teacher (teacher=tiny_stdlib, teacher=hf ...).")
+        if self.uses_teacher_model and not hasattr(teacher, "model"):
+            what = "speculative KD (sequences.policy=speculative)" if self.policy == "speculative" else \
+                "SeqKD (sequences.off_policy=teacher)"
+            raise ConfigError(f"sequences: {what} samples from the teacher, which needs a local Hugging Face teacher "
+                              f"(teacher=hf / tiny_stdlib); {type(teacher).__name__} has no model to sample from.")
+
+    def connect(self, tokenizer) -> "SequenceSource":
+        """Take the EOS and padding ids from the run's tokenizer."""
+        self.eos_id = tokenizer.eos_token_id
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        return self
+
+    def _connect_from(self, module) -> None:
+        if self.pad_id is not None:
+            return
+        tokenizer = getattr(getattr(module.trainer, "datamodule", None), "tokenizer", None)
+        if tokenizer is None:
+            raise RuntimeError("SequenceSource: no tokenizer to take EOS / padding ids from; call "
+                               "source.connect(tokenizer) or train with a DataModule that has one")
+        self.connect(tokenizer)
+
+    # ------------------------------------------------------------------ per step
+    def _rank(self, module) -> tuple[int, int]:
+        trainer = getattr(module, "_trainer", None)
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+    def _stream_seed(self, step: int, rank: int) -> int:
+        # distinct per (seed, step, rank); below 2**63 for torch.Generator.manual_seed
+        return (self.seed * 1_000_003 + step * 7_919 + rank * 104_729 + 12_345) % (2 ** 63 - 1)
+
+    def choose(self, batch_size: int, step: int, rank: int = 0) -> list[int]:
+        """Indices of the examples that go on-policy at ``step`` (private random stream)."""
+        lam = float(self.lmbda(step))
+        self._check_lmbda(lam, step)
+        if lam == 0.0:
+            return []
+        g = torch.Generator().manual_seed(self._stream_seed(step, rank))
+        u = float(torch.rand((), generator=g))
+        if self.mix == "batch":
+            return list(range(batch_size)) if u < lam else []
+        exact = lam * batch_size
+        n = int(exact) + (1 if u < exact - int(exact) else 0)
+        return sorted(torch.randperm(batch_size, generator=g)[:n].tolist())
+
+    @contextlib.contextmanager
+    def _sampling_rng(self, seed: int, device: torch.device):
+        """Global RNG reseeded for the block, then restored: generation never moves the training streams."""
+        devices = list(range(torch.cuda.device_count())) if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            yield
+
+    def _generate(self, who: str, module, prompts: list[torch.Tensor], seed: int) -> Generated:
+        ids, mask = left_pad(prompts, self.pad_id)
+        vocab = module.vocab_size
+        with self._sampling_rng(seed, ids.device):
+            if who == "speculative":
+                g = torch.Generator(device=ids.device).manual_seed(seed)
+                return speculative_generate(module.student, module.teacher.model, ids, mask, self.sampling, self.top_k,
+                                            self.eos_id, self.pad_id, vocab, generator=g)
+            model = module.student if who == "student" else module.teacher.model
+            return self.generator(model, ids, mask, self.sampling, self.eos_id, self.pad_id, vocab)
+
+    def __call__(self, batch: dict, module, step: int) -> tuple[dict, dict[str, float]]:
+        start = time.perf_counter()
+        logs: dict[str, float] = {"lmbda": float(self.lmbda(step))}
+        if self._last_start is not None:
+            # the share of the previous step (this call ends its wall time) spent generating
+            logs["generation_share"] = self._last_generation_s / max(start - self._last_start, 1e-9)
+        self._last_start = start
+        rank, _ = self._rank(module)
+        size = batch["input_ids"].shape[0]
+        on = self.choose(size, step, rank)
+        off = [i for i in range(size) if i not in set(on)] if self.off_policy == "teacher" else []
+        if not on and not off:
+            self._last_generation_s = 0.0
+            logs.update(generated_tokens=0.0, generation_s=0.0)
+            return batch, logs
+        extra = sorted(set(batch) - BATCH_KEYS)
+        if extra:
+            raise ValueError(f"sequences: the batch carries per-token fields {extra} that belong to the data's own "
+                             "tokens and cannot follow generated ones (a cached teacher's rows?); use an online teacher")
+        self._connect_from(module)
+        lengths = self.prompts.lengths(batch)
+        prompt = {i: batch["input_ids"][i, :lengths[i]] for i in range(size)}
+        rows: dict[int, Row] = {}
+        generated, replaced = 0, 0
+        base = self._stream_seed(step, rank)
+        for offset, (who, idx) in enumerate(((self.policy, on), ("teacher", off))):
+            if not idx:
+                continue
+            out = self._generate(who, module, [prompt[i] for i in idx], base + 1 + offset)
+            lens = out.lengths.tolist()
+            for j, i in enumerate(idx):
+                rows[i] = generated_row(prompt[i], out.completion[j], int(lens[j]))
+            generated += int(sum(lens))
+            if out.from_teacher is not None:
+                replaced += int(out.from_teacher.sum())
+        new = right_pad([rows[i] if i in rows else data_row(batch, i) for i in range(size)], self.pad_id)
+        self._last_generation_s = time.perf_counter() - start
+        logs.update(generated_tokens=float(generated), generation_s=self._last_generation_s,
+                    on_policy=len(on) / size)
+        if self.policy == "speculative" and on:
+            logs["teacher_replaced"] = replaced / max(generated, 1)
+        return new, logs

@@ -75,11 +75,14 @@ def build_components(cfg: DictConfig) -> Components:
     """Everything ``fit`` needs. Config checks run first; the teacher is prepared (pretrained once,
     or its cache checked against the data); the module is built without loading weights."""
     checked = build_checked(cfg)
+    sequences = instantiate(cfg.sequences, "sequences") if cfg.get("sequences") else None
+    if hasattr(sequences, "check"):  # before the teacher is prepared: a cached one cannot score new sequences
+        sequences.check(checked.teacher, checked.loss)
+        sequences.connect(checked.tokenizer)
     checked.teacher.prepare(checked.datamodule)
-    sequences = cfg.get("sequences")
     module = instantiate(cfg.module, "module", student=checked.student, teacher=checked.teacher,
                          loss=checked.loss, vocab_size=checked.vocab_size,
-                         **({"sequences": instantiate(sequences, "sequences")} if sequences else {}))
+                         **({"sequences": sequences} if sequences is not None else {}))
     if not isinstance(module, DistillationModule):
         raise ConfigError(f"module must build a distill.module.DistillationModule, got {type(module).__name__}")
     return Components(checked.tokenizer, checked.datamodule, checked.teacher, module)

@@ -39,6 +39,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Callable
 
+import numpy as np
 import torch
 
 from distill.teachers.cache.encoding import Rows, log_weights_from_counts
@@ -186,6 +187,8 @@ def unpack_ids(data: torch.Tensor, width: int) -> torch.Tensor:
     """Inverse of :func:`pack_ids`: flat uint8 -> int32 ids."""
     if width == 4:
         return _view(data, torch.int32)
+    if width == 2:
+        return _view(data, torch.int16).to(torch.int32) & 0xFFFF
     b = data.reshape(-1, width).to(torch.int32)
     out = b[:, 0].clone()
     for i in range(1, width):
@@ -310,14 +313,20 @@ def unpack(get: Callable[[str, int], torch.Tensor], enc: Encoding, k: int, lengt
         values = _view(raw, FLOATS[enc.values])
     if n is None:
         return ids.reshape(length, k), values.reshape(length, k), tail
-    width = int(n.max()) if length else 1
-    token = torch.repeat_interleave(torch.arange(length), n)
-    start = torch.cumsum(n, 0) - n
-    pos = torch.arange(entries) - start[token]
-    dense_ids = ids[start].unsqueeze(1).expand(length, width).clone()  # padding repeats the first id
-    dense_ids[token, pos] = ids
-    dense_values = torch.full((length, width), -math.inf, dtype=values.dtype)
-    dense_values[token, pos] = values
+    # Entries are stored token by token, so a row-major boolean mask over (L, W) lists the slots
+    # in stored order: one masked assignment places them all (in numpy: a fraction of torch's
+    # per-op cost on these small arrays, which matters at 16 examples per step).
+    bf16 = values.dtype == torch.bfloat16  # numpy has no bfloat16: place as float32 (exact), cast back
+    n_np, ids_np, values_np = n.numpy(), ids.numpy(), (values.float() if bf16 else values).numpy()
+    width = int(n_np.max()) if length else 1
+    keep = np.arange(width)[None, :] < n_np[:, None]
+    dense_ids = np.repeat(ids_np[np.cumsum(n_np) - n_np][:, None], width, axis=1)  # padding repeats the first id
+    dense_ids[keep] = ids_np
+    dense_values = np.full((length, width), -np.inf, dtype=values_np.dtype)
+    dense_values[keep] = values_np
+    dense_ids, dense_values = torch.from_numpy(dense_ids), torch.from_numpy(dense_values)
+    if bf16:
+        dense_values = dense_values.to(torch.bfloat16)
     return dense_ids, dense_values, tail
 
 

@@ -37,6 +37,7 @@ class SplitReader:
         self.selection = entry.get("selection", {"kind": "all"})
         self._handles: dict[int, Any] = {}
         self._index: dict[int, dict[str, torch.Tensor]] = {}
+        self._slices: dict[int, dict[str, Any]] = {}
         self._dctx = None
 
     def __len__(self) -> int:
@@ -44,7 +45,7 @@ class SplitReader:
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        state["_handles"], state["_index"], state["_dctx"] = {}, {}, None  # reopened on use
+        state["_handles"], state["_index"], state["_slices"], state["_dctx"] = {}, {}, {}, None  # reopened on use
         return state
 
     def _missing(self, i: int) -> KeyError:
@@ -72,6 +73,9 @@ class SplitReader:
             elif self.version >= 2 and self.encoding.layout == "ragged":
                 names.append("entry_offsets")
             self._index[s] = {n: h.get_tensor(n) for n in names}
+            if self.version >= 2 and self.encoding.compression == "none":
+                # Slice handles are cheap to keep and cost a lookup to make: one per field.
+                self._slices[s] = {name: h.get_slice(name) for name, _, _ in codec.frame_fields(self.encoding)}
         return self._handles[s], self._index[s]
 
     def __contains__(self, i: int) -> bool:
@@ -120,9 +124,10 @@ class SplitReader:
             else:
                 ea = a * self.k
             starts = {name: (ea if per_entry else a) * w for name, w, per_entry in codec.frame_fields(enc)}
+            slices = self._slices[i // self.shard_size]
 
             def get(name: str, nbytes: int) -> torch.Tensor:
-                return h.get_slice(name)[starts[name]:starts[name] + nbytes]
+                return slices[name][starts[name]:starts[name] + nbytes]
         return codec.unpack(get, enc, self.k, length)
 
     def examples(self) -> Iterator[tuple[int, Row]]:

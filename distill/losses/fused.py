@@ -160,6 +160,15 @@ def _head_rows(weight: torch.Tensor, vocab: int) -> torch.Tensor:
     return weight if vocab >= weight.shape[0] else weight[:vocab]
 
 
+def teacher_row_fetch(teacher: TeacherOutput, vocab: int | None) -> CH.RowFetch:
+    """Rows of a full teacher as float32 logits over its first ``vocab`` ids (all when None), from
+    its hidden states + head when it carries them, else from its logits (or a sparse cache)."""
+    head = _teacher_head(teacher)
+    if head is not None:
+        return hidden_rows(head[0], head[1], vocab if vocab is not None else head[1].shape[0])
+    return CH.teacher_rows(teacher, vocab)
+
+
 def _fetch(teacher: TeacherOutput, vocab: int) -> CH.RowFetch:
     head = _teacher_head(teacher)
     if head is not None:

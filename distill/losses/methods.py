@@ -181,12 +181,12 @@ class _Blocked:
     def forward(self, inputs: LossInputs) -> torch.Tensor:
         kernel, weights = self._kernel_and_weights(inputs)
         teacher = inputs.teacher
-        if teacher.logits is None and FU._teacher_head(teacher) is None:
+        if teacher.kind != TeacherKind.FULL:
             raise ValueError(f"{type(self).__name__} needs a full teacher (logits or hidden states + head), got "
                              f"a '{teacher.kind}' one")
         logits = inputs.student.logits
-        vocab = logits.shape[-1] if self.shared_vocabulary else None
-        fetch = FU._fetch(teacher, vocab) if vocab is not None else CH.full_rows(teacher.logits)
+        # a shared vocabulary compares the first V_student ids; ULD compares whole distributions
+        fetch = FU.teacher_row_fetch(teacher, logits.shape[-1] if self.shared_vocabulary else None)
         return CH.chunked_loss(logits, weights, kernel, fetch, self.chunk_size)
 
 

@@ -238,6 +238,13 @@ class RateLimiter:
             ev["pause"] = self._paused_until
         return ev
 
+    def idle(self) -> bool:
+        """Every bucket full and no pause: a fresh limiter would be the same, nothing to keep."""
+        now = self.clock()
+        for b in self.buckets.values():
+            b.refill(now)
+        return self._paused_until <= now and all(b.level >= b.capacity - 1e-6 for b in self.buckets.values())
+
     def _log(self, event: dict[str, Any]) -> None:
         if self.state is not None:
             self.state.append({"n": self.name, **event})
@@ -363,7 +370,10 @@ class LimiterPool:
         self.limiters = {}
         for n in sorted({e.get("n") for e in self.state.events if e.get("n")}):
             self.limiters[n] = RateLimiter(self.limits, name=n, clock=self.clock, sleep=self.sleep, state=self.state)
-        self.state.compact([lim.snapshot() for lim in self.limiters.values()])
+        self.state.compact(self._snapshots())
+
+    def _snapshots(self) -> list[dict[str, Any]]:
+        return [lim.snapshot() for lim in self.limiters.values() if not lim.idle()]
 
     def for_model(self, model: str) -> RateLimiter:
         if model not in self.limiters:
@@ -382,7 +392,7 @@ class LimiterPool:
     def close(self) -> None:
         if self.state is not None:
             self.state.close()
-            self.state.compact([lim.snapshot() for lim in self.limiters.values()])
+            self.state.compact(self._snapshots())
             self.state = None
             for lim in self.limiters.values():
                 lim.state = None

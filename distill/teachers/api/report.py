@@ -51,6 +51,8 @@ def _cell(text: str | None) -> str:
     t = (text or "").strip()
     if len(t) > SAMPLE_CHARS:
         t = t[:SAMPLE_CHARS] + " ..."
+    # HTML-escaped (code holds <vector>, <T>) so a renderer shows it; newlines become <br>.
+    t = t.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
     return t.replace("\\", "\\\\").replace("|", "\\|").replace("\n", "<br>")
 
 
@@ -116,17 +118,18 @@ def render_png(path: Path, report: Mapping[str, Any], kept: list[dict], rejected
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(2, 2, figsize=(12, 8))
+    fig, ax = plt.subplots(2, 3, figsize=(17, 8))
     rows = [("input", 0, report["input_records"])] + [r for r in funnel(report) if r[1]]
     ax[0, 0].barh([r[0] for r in rows][::-1], [r[2] for r in rows][::-1], color="tab:blue")
     ax[0, 0].set_title("filter funnel: answers remaining after each filter")
-    mix = _mix(kept, rejected, "language")
-    x = range(len(mix))
-    ax[0, 1].bar([i - 0.2 for i in x], [m[1] for m in mix], width=0.4, label="answers")
-    ax[0, 1].bar([i + 0.2 for i in x], [m[2] for m in mix], width=0.4, label="kept")
-    ax[0, 1].set_xticks(list(x), [m[0] for m in mix])
-    ax[0, 1].set_title("language mix")
-    ax[0, 1].legend()
+    for col, key in ((1, "language"), (2, "task_type")):
+        mix = _mix(kept, rejected, key)
+        x = range(len(mix))
+        ax[0, col].bar([i - 0.2 for i in x], [m[1] for m in mix], width=0.4, label="answers")
+        ax[0, col].bar([i + 0.2 for i in x], [m[2] for m in mix], width=0.4, label="kept")
+        ax[0, col].set_xticks(list(x), [m[0] for m in mix], rotation=30)
+        ax[0, col].set_title(f"{key.replace('_', '-')} mix")
+        ax[0, col].legend()
     acc, rej = [_length(r) for r in kept], [_length(r) for r in rejected]
     if acc or rej:
         ax[1, 0].hist([acc, rej], bins=20, label=["accepted", "rejected"], stacked=False)
@@ -134,13 +137,17 @@ def render_png(path: Path, report: Mapping[str, Any], kept: list[dict], rejected
     ax[1, 0].set_title("answer length (characters)")
     models = report.get("by_model") or {}
     names = list(models)
-    ax[1, 1].bar(names, [models[n]["cost_usd"] for n in names], color="tab:orange", label="total cost")
-    ax[1, 1].set_ylabel("USD")
-    per = [models[n]["cost_per_accepted_usd"] or 0.0 for n in names]
+    ax[1, 1].bar(names, [models[n]["cost_usd"] for n in names], color="tab:orange")
+    ax[1, 1].set_ylabel("USD, all answers")
     twin = ax[1, 1].twinx()
-    twin.plot(names, per, "ko-", label="per accepted answer")
-    twin.set_ylabel("USD per accepted answer")
+    twin.plot(names, [models[n]["cost_per_accepted_usd"] or 0.0 for n in names], "ko-")
+    twin.set_ylabel("USD per accepted answer (dots)")
     ax[1, 1].set_title("cost by model")
+    ax[1, 2].bar(names, [models[n]["acceptance_rate"] or 0.0 for n in names], color="tab:green")
+    ax[1, 2].set_ylim(0, 1)
+    ax[1, 2].set_title("acceptance rate by model")
+    for a_ in (ax[1, 1], ax[1, 2]):
+        a_.tick_params(axis="x", rotation=15)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)

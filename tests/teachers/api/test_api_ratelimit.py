@@ -133,7 +133,11 @@ def test_state_survives_a_crash_and_the_restart_waits(tmp_path):
     lines = [json.loads(x) for x in path.read_text().splitlines()]
     assert "levels" in lines[0] and sum("levels" in e for e in lines) == 1 and len(lines) == 61
     restarted.close()
-    assert len(path.read_text().splitlines()) == 1
+    assert len(path.read_text().splitlines()) == 1  # the bucket is not full yet: its level is kept
+    ft.t += 120
+    idle = LimiterPool(limits, clock=ft.clock, sleep=ft.sleep)
+    idle.open_state(path)
+    assert path.read_text() == ""  # refilled since: nothing left worth keeping
 
 
 def test_replay_keeps_in_flight_requests_charged_and_skips_a_torn_line(tmp_path):
@@ -178,7 +182,8 @@ def test_long_run_at_the_limit_gets_no_429_from_pacing_and_injected_429s_are_ret
     arrivals = server.message_times()
     assert arrivals[-1] - arrivals[0] > 10.0  # long enough for the 10 s check to mean something
     assert max_in_window(arrivals, 10.0) <= rpm / 6 + 1
-    assert json.loads((tmp_path / "ratelimit_state.jsonl").read_text().splitlines()[0])["n"] == "claude-sonnet-4-5"
+    state = [json.loads(x) for x in (tmp_path / "ratelimit_state.jsonl").read_text().splitlines()]
+    assert all(e["n"] == "claude-sonnet-4-5" and "levels" in e for e in state)  # compacted at the end
 
 
 def test_without_client_pacing_the_same_traffic_meets_the_servers_bucket(fake_api, api_key_env, tmp_path):

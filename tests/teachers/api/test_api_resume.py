@@ -80,7 +80,7 @@ def test_sigkill_mid_run_then_rerun_gives_full_set_without_duplicates(fake_api, 
     server = fake_api(latency_s=0.15, rate_limits={"rpm": rpm}, period_s=period)
     out = tmp_path / "td"
     results = out / "results.jsonl"
-    n = 48
+    n = 36
     done_at_kill, served_at_kill, rerun = _kill_and_rerun(server, out, api_key_env, n, 8, rpm, period)
     recs = [json.loads(x) for x in results.read_text().splitlines()]
     keys = Counter((r["prompt_id"], r["sample_idx"]) for r in recs)
@@ -105,16 +105,16 @@ def test_sigkill_mid_run_then_rerun_gives_full_set_without_duplicates(fake_api, 
 @pytest.mark.slow  # about 2 minutes each: a real 60 s window has to pass
 @pytest.mark.parametrize("persist", [True, False], ids=["state", "control-without-state"])
 def test_sigkill_and_immediate_rerun_keep_every_real_minute_within_the_limit(fake_api, api_key_env, tmp_path, persist):
-    """With a burst of 10 the restart opens with a second burst inside the same minute if the
-    limiter forgets its state (the control shows the server then sees more than the limit); the
-    state file makes the two runs one bucket."""
+    """With a burst of 30 the restart opens with a second burst inside the same minute if the
+    limiter forgets its state (the control shows the server then sees more than the limit, unless
+    the restart takes over ~20 s); the state file makes the two runs one bucket."""
     rpm = 120
-    # The server's bucket holds 12 requests, so the client's burst of 10 is legal there.
-    server = fake_api(latency_s=0.05, rate_limits={"rpm": rpm}, capacity_s=6, lifetime_s=400, max_requests=5000)
+    # The server's bucket holds 30 requests, so the client's burst of 30 is legal there.
+    server = fake_api(latency_s=0.05, rate_limits={"rpm": rpm}, capacity_s=15, lifetime_s=400, max_requests=5000)
     out = tmp_path / "td"
-    n = 160
-    _kill_and_rerun(server, out, api_key_env, n, 15, rpm, 60.0,
-                    ["client.burst_requests=10", f"client.persist_rate_state={str(persist).lower()}"])
+    n = 130
+    _kill_and_rerun(server, out, api_key_env, n, 35, rpm, 60.0,
+                    ["client.burst_requests=30", f"client.persist_rate_state={str(persist).lower()}"])
     recs = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
     assert len(recs) == n and len({(r["prompt_id"], r["sample_idx"]) for r in recs}) == n
     if persist:

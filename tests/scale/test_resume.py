@@ -117,3 +117,15 @@ def test_the_loader_serves_the_plain_dataloader_order_and_resumes_anywhere():
         for second in (None, 1, 5):
             kills = [first] + ([first + second] if second else [])
             assert _epochs(make(Fresh), 19, kills) == expected[:19], kills
+
+
+def test_train_order_is_the_order_a_run_serves_across_epochs(straight):
+    """``train_order`` (used to pick the examples a partial teacher cache holds) follows the
+    loader epoch after epoch as Lightning iterates it: len(loader) batches, then a new epoch."""
+    from distill.build import build_components
+
+    dm = build_components(compose_cfg(RUN, straight)).datamodule
+    order = dm.train_order(7)
+    loader = dm._train_loader(range(len(dm.train_set)), list)
+    served = [[int(i) for i in b] for _ in range(3) for b in itertools.islice(loader, len(loader))]
+    assert order == served[:7] and len(loader) == 3

@@ -309,3 +309,21 @@ def test_run_logs_lmbda_generated_tokens_and_generation_share(tiny_cfg, tmp_path
     assert all("train/jsd" in r for r in rows)
     shares = [r["train/generation_share"] for r in rows if "train/generation_share" in r]
     assert len(shares) == 3 and all(0.0 <= s <= 1.0 for s in shares) and shares[-1] > 0
+
+
+def test_batched_left_padded_generation_equals_one_prompt_at_a_time_and_static_cache():
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(
+        "llama", vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=4, max_position_embeddings=128), dtype=torch.float64)
+    rows = [torch.arange(5, 11), torch.arange(20, 24)]
+    greedy = Sampling(max_new_tokens=8, greedy=True)
+    ids, mask = left_pad(rows, PAD)
+    batched = HFGenerator()(model, ids, mask, greedy, EOS, PAD).completion
+    for j, r in enumerate(rows):
+        alone = HFGenerator()(model, r[None], torch.ones_like(r)[None], greedy, EOS, PAD).completion
+        assert torch.equal(alone[0], batched[j]), "left padding must not change a row's continuation"
+    static = Sampling(max_new_tokens=8, greedy=True, cache_implementation="static")
+    assert torch.equal(HFGenerator()(model, ids, mask, static, EOS, PAD).completion, batched)

@@ -34,4 +34,4 @@ for part in $PARTS; do
   esac
 done
 distill-compare "$SWEEP" --relative-to experiment=method_leaderboard,loss=kd \
-  --metrics val/loss summary/gap_closed val/agreement val/kl time/step_s
+  --metrics val/loss summary/gap_closed summary/vs_baseline val/teacher_loss val/agreement val/kl time/step_s

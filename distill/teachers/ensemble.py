@@ -155,7 +155,10 @@ class EnsembleTeacher(Teacher):
         if Need.TEACHER_HIDDEN in needs or Need.TEACHER_ATTN in needs:
             raise ValueError("teacher=ensemble gives a combined distribution only; hidden-state and attention "
                              "matching need a single online teacher (teacher=<model>)")
-        vocab = self.info().vocab_size if self.info() is not None else None
+        if not hasattr(self, "_vocab"):  # read the members' configs once, not every step
+            info = self.info()
+            self._vocab = info.vocab_size if info is not None else None
+        vocab = self._vocab
         targets = next_token_targets(batch["labels"]) if self.combine != "mean" else None
         acc: torch.Tensor | None = None  # running log p (mean) or the selected log p
         best: torch.Tensor | None = None  # selection score of the selected member, per token / example

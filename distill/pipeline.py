@@ -1,6 +1,6 @@
 """``distill-train``: what one command runs, in order.
 
-    build -> fit -> export -> CE-only baseline -> summary
+    build -> fit -> export -> CE-only baseline -> summary -> model card
 
 :func:`run` is that sequence, written out; :func:`main` is the thin Hydra app around it that
 returns the configured objective to sweepers. Each step lives in its own module below this one
@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 
 from distill.baseline import baseline_dir, is_ce_only, run_baseline
 from distill.config import CONF_DIR, app_errors, prepare_app
+from distill.deploy.card import write_model_card
 from distill.export import export_student
 from distill.provenance import record_models
 from distill.summary import summarize, write_summary
@@ -33,23 +34,30 @@ def run(cfg: DictConfig) -> dict[str, float]:
     if not fitted.trainer.is_global_zero:  # only rank zero writes exports, baselines and summaries
         return metrics
     out_dir = Path(cfg.paths.output_dir)
-    record_models(out_dir, fitted.parts)
+    record_models(out_dir, fitted.parts, cfg)
     if cfg.export.enabled:
         export_student(fitted.parts.module.student, fitted.parts.tokenizer, out_dir / "student",
                        merge_lora=cfg.export.merge_lora)
-    if not (cfg.get("summary") and cfg.summary.enabled):
-        return metrics
+    if cfg.get("summary") and cfg.summary.enabled:
+        metrics.update(_summarize(cfg, metrics, fitted.seconds, out_dir))
+    if cfg.export.enabled:  # last: the card carries the summary's held-out figures
+        card = write_model_card(out_dir, out_dir / "student", steps=fitted.trainer.global_step)
+        log.info("model card: %s", card)
+    return metrics
+
+
+def _summarize(cfg: DictConfig, metrics: dict[str, float], seconds: float, out_dir: Path) -> dict[str, float]:
+    """CE-only baseline (trained once, cached) and the summary; returns the ``summary/*`` figures."""
     wants_baseline = cfg.summary.baseline and "val/teacher_loss" in metrics and not is_ce_only(cfg)
-    baseline = run_baseline(cfg, expected_seconds=fitted.seconds) if wants_baseline else None
+    baseline = run_baseline(cfg, expected_seconds=seconds) if wants_baseline else None
     summary = summarize(metrics, baseline, cfg.trainer.max_steps, ce_only=is_ce_only(cfg))
     if summary is None:
         log.warning("summary: no val/loss logged (validation is off: trainer.limit_val_batches=0); "
                     "nothing to summarise")
-        return metrics
+        return {}
     print(summary.text, flush=True)
     write_summary(summary, out_dir, baseline_dir(cfg) if baseline is not None else None)
-    metrics.update(summary.values)
-    return metrics
+    return summary.values
 
 
 def objective_value(cfg: DictConfig, metrics: dict[str, float]) -> float | None:

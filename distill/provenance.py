@@ -30,16 +30,22 @@ def model_record(spec) -> dict:
             "config": json.loads(text), "config_sha256": hashlib.sha256(text.encode()).hexdigest()[:16]}
 
 
-def record_models(out_dir: str | Path, parts) -> Path | None:
+def record_models(out_dir: str | Path, parts, run_cfg=None) -> Path:
     """Add ``loaded:`` records for the student and teacher to ``<out_dir>/config_resolved.yaml``.
 
     The teacher's ``model.name_or_path`` and the student's ``tokenizer`` are set to what was
-    loaded; a teacher loaded from a folder or hub id gets its real architecture recorded.
+    loaded; a teacher loaded from a folder or hub id gets its real architecture recorded. Outside a
+    Hydra app (notebooks, tests) the file is first written from ``run_cfg``.
     """
     path = Path(out_dir) / RESOLVED_CONFIG
-    if not path.exists():
-        return None
-    cfg = OmegaConf.load(path)
+    if path.exists():
+        cfg = OmegaConf.load(path)
+    else:
+        try:
+            cfg = OmegaConf.create(OmegaConf.to_container(run_cfg, resolve=True))
+        except Exception:  # ${hydra:...} outside a Hydra app: keep what resolves
+            cfg = OmegaConf.create(OmegaConf.to_container(run_cfg, resolve=False))
+        path.parent.mkdir(parents=True, exist_ok=True)
     student = parts.module.student_spec
     teacher_spec = getattr(parts.teacher, "spec", None)
     with open_dict(cfg):

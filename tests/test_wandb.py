@@ -11,7 +11,7 @@ import wandb
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from distill.module import DistillationModule
-from distill.train import train
+from distill import pipeline
 from distill.wandb_utils import SampleGenerations, read_offline_run, run_identity, wandb_logger
 
 # Two steps, validation after each, a short sample table.
@@ -32,7 +32,7 @@ def test_offline_run_records_name_group_tags_config_components_and_summary(tiny_
     # what HydraConfig holds inside a `-m` job whose sweep dir is .../my_sweep
     cfg = tiny_cfg(*TINY_WANDB, "loss=progressive", "hydra.mode=MULTIRUN", f"hydra.sweep.dir={tmp_path}/my_sweep",
                    output_dir=run_dir)
-    metrics = train(cfg)
+    metrics = pipeline.run(cfg)
     assert wandb.run is None, "the run is finished when training ends"
 
     rec = read_offline_run(run_dir / "wandb")
@@ -82,7 +82,7 @@ def test_a_failing_run_finishes_its_wandb_run_with_an_error_code(tiny_cfg, tmp_p
     monkeypatch.setattr(DistillationModule, "training_step", fail_on_second_step)
     run_dir = tmp_path / "failed"
     with pytest.raises(RuntimeError, match="boom at step 1"):
-        train(tiny_cfg(*TINY_WANDB, output_dir=run_dir))
+        pipeline.run(tiny_cfg(*TINY_WANDB, output_dir=run_dir))
     # finished, so the next run of a sweep in this process gets its own W&B run
     assert wandb.run is None
     rec = read_offline_run(run_dir / "wandb")

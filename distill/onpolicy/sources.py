@@ -210,6 +210,11 @@ class SequenceSource:
             raise ValueError(f"sequences: the batch carries per-token fields {extra} that belong to the data's own "
                              "tokens and cannot follow generated ones (a cached teacher's rows?); use an online teacher")
         self._connect_from(module)
+        strategy = type(getattr(getattr(module, "_trainer", None), "strategy", None)).__name__
+        if strategy.startswith(("FSDP", "DeepSpeed")):
+            # each rank holds a shard of the weights: generate() on it would need the full model gathered
+            raise RuntimeError(f"sequences: generation during training is not supported with the {strategy} strategy "
+                               "(sharded weights); use hardware=ddp or a single device")
         lengths = self.prompts.lengths(batch)
         prompt = {i: batch["input_ids"][i, :lengths[i]] for i in range(size)}
         rows: dict[int, Row] = {}

@@ -26,6 +26,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from distill.config import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ log = logging.getLogger(__name__)
 SAMPLE = 4096
 
 
-class BaseMismatchError(RuntimeError):
+class BaseMismatchError(ConfigError):
     """A checkpoint's trainable weights were trained on top of another frozen base."""
 
 

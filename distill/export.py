@@ -137,8 +137,11 @@ def _card_summary(onnx: dict | None, gguf: dict | None) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> None:
     import argparse
 
+    from distill.config import prepare_app
     from distill.deploy.card import read_eval_summaries, write_model_card
     from distill.deploy.verify import LOGITS_ATOL
+
+    prepare_app()
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", help="a training run's output directory")

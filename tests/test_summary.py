@@ -45,3 +45,34 @@ def test_summary_plot_with_a_baseline_that_kept_only_its_final_value(tiny_cfg, t
     path = plot_summary(run_dir, old_baseline, teacher_loss=6.5, path=tmp_path / "s.png")
     assert path.stat().st_size > 10_000
     assert plot_summary(tmp_path / "empty", None, None, tmp_path / "none.png") is None  # nothing logged
+
+
+def _m(loss, teacher=None):
+    m = {"val/loss": loss, "val/ppl": 2.0 ** loss, "val/agreement": 0.5, "val/kl": 0.1}
+    if teacher is not None:
+        m.update({"val/teacher_loss": teacher, "val/teacher_ppl": 2.0 ** teacher})
+    return m
+
+
+def test_the_verdict_follows_from_what_was_measured():
+    from distill.summary import summarize
+
+    # the teacher is worse than the CE-only student, yet distillation helped (a small, overfit corpus)
+    s = summarize(_m(5.9, teacher=6.3), _m(6.1), steps=600)
+    assert "summary/gap_closed" not in s.values and s.values["summary/vs_baseline"] == pytest.approx(0.2)
+    assert "distilled vs CE-only: -0.200" in s.text and "gap closed: undefined" in s.text
+    assert "Distillation still helped" in s.text and "nothing to teach" not in s.text
+    # ... and when it did not help either, the run says the teacher has nothing to teach
+    s = summarize(_m(6.2, teacher=6.3), _m(6.1), steps=600)
+    assert "WARNING: the teacher has nothing to teach" in s.text
+
+
+def test_a_negative_gap_closure_prints_a_warning():
+    from distill.summary import summarize
+
+    s = summarize(_m(6.198, teacher=5.775), _m(6.120), steps=600)
+    assert s.values["summary/gap_closed"] == pytest.approx(-0.078 / 0.345)
+    assert "distillation closed -22.6% of the CE-student-to-teacher gap" in s.text
+    assert "WARNING: distillation made the student worse than training on labels alone (0.078 nats)" in s.text
+    good = summarize(_m(3.730, teacher=3.379), _m(4.036), steps=600)
+    assert "WARNING" not in good.text and "distillation closed 46.6%" in good.text

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 from pathlib import Path
 from typing import Any, Mapping
@@ -26,6 +25,7 @@ from distill.evaluation.heldout import (HeldoutSettings, evaluate_heldout, load_
 from distill.evaluation.report import write_report
 from distill.evaluation.runner import evaluate_model
 from distill.evaluation.sandbox import Sandbox, SandboxConfig
+from distill.config import app_errors, prepare_app
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +112,10 @@ def _heldout_for(spec: EvalModelConfig, source, teacher: HFSource | None, texts:
 
 def run_eval(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate every configured model; write per-model results and (for several) a report."""
+    if cfg.get("threads"):  # as distill-train's `threads`: intra-op threads for generation
+        import torch
+
+        torch.set_num_threads(int(cfg.threads))
     benchmark = load_benchmark(_container(cfg.benchmark))
     settings = GenerationSettings.from_mapping(_container(cfg.generation))
     sandbox_cfg = SandboxConfig.from_mapping(_container(cfg.sandbox))
@@ -170,13 +174,14 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="eval")
 def _hydra_main(cfg: DictConfig) -> float | None:
-    result = run_eval(cfg)
+    with app_errors():
+        result = run_eval(cfg)
     first = result["models"][0] if result["models"] else {}
     return first.get("pass@1")
 
 
 def main() -> None:
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    prepare_app()
     _hydra_main()
 
 

@@ -33,13 +33,14 @@ from distill.evaluation.settings import CompletionSource, GenerationSettings
 from distill.evaluation.passk import per_task_pass_at_k, summarize_pass_at_k
 from distill.evaluation.postprocess import make_completion
 from distill.evaluation.sandbox import ExecResult, Sandbox
+from distill.config import ConfigError
 
 log = logging.getLogger(__name__)
 
 KEEP_OUTPUT_CHARS = 2000
 
 
-class SettingsChanged(RuntimeError):
+class SettingsChanged(ConfigError):
     """An output folder holds results made with other settings."""
 
 

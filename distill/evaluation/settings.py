@@ -11,6 +11,9 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Protocol, Sequence
 
 
+DEFAULT_MAX_NEW_TOKENS = 512
+
+
 @dataclass
 class GenerationSettings:
     """Keys of ``conf/eval/generation/*.yaml``.
@@ -19,7 +22,8 @@ class GenerationSettings:
         n: samples per task; pass@k is reported for every configured k <= n.
         temperature: 0 = greedy (then n > 1 repeats the same sample; use sampling for pass@k>1).
         top_p: nucleus sampling mass (only when temperature > 0).
-        max_new_tokens: generation budget per sample.
+        max_new_tokens: generation budget per sample; None = 512 (:data:`DEFAULT_MAX_NEW_TOKENS`), or
+            half the model's context when that is shorter (no warning: the user asked for no number).
         batch_size: sequences per forward pass (local models).
         stop: stop strings for completion-style prompts; null = the benchmark's default list.
         style: ``completion`` (continue the code prompt), ``chat`` (chat template + extract the
@@ -31,7 +35,7 @@ class GenerationSettings:
     n: int = 1
     temperature: float = 0.0
     top_p: float = 1.0
-    max_new_tokens: int = 512
+    max_new_tokens: int | None = None
     batch_size: int = 8
     stop: list[str] | None = None
     style: str = "auto"
@@ -48,7 +52,7 @@ class GenerationSettings:
             raise bad("temperature", "must be >= 0")
         if not 0 < float(self.top_p) <= 1:
             raise bad("top_p", "must be in (0, 1]")
-        if int(self.max_new_tokens) < 1:
+        if self.max_new_tokens is not None and int(self.max_new_tokens) < 1:
             raise bad("max_new_tokens", "must be >= 1")
         if int(self.batch_size) < 1:
             raise bad("batch_size", "must be >= 1")

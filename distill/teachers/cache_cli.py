@@ -16,7 +16,6 @@ first unfinished shard.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from distill.teachers.cache import (CacheReader, CacheWriter, cache_split, data_fingerprint, select_visited,
                                     teacher_fingerprint, tokenizer_fingerprint)
 from distill.config import CONF_DIR, instantiate
+from distill.config import app_errors, prepare_app
 
 log = logging.getLogger(__name__)
 
@@ -140,12 +140,13 @@ def cache_logits(cfg: DictConfig, max_shards: int | None = None) -> CacheReader 
 def _hydra_main(cfg: DictConfig) -> None:
     log.debug("config:\n%s", OmegaConf.to_yaml(cfg))
     t0 = time.time()
-    cache_logits(cfg)
+    with app_errors():
+        cache_logits(cfg)
     log.info("distill-cache-logits: done in %.0f s", time.time() - t0)
 
 
 def main() -> None:
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    prepare_app()
     _hydra_main()
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from typing import Any, Protocol, Sequence
 
-from distill.evaluation.settings import GenerationResult, GenerationSettings
+from distill.evaluation.settings import DEFAULT_MAX_NEW_TOKENS, GenerationResult, GenerationSettings
 
 
 class ApiClient(Protocol):
@@ -98,7 +98,7 @@ class ApiSource:
         jobs = [(i, j, text) for i, (_, text) in enumerate(requests) for j in range(n)]
         texts = [[""] * n for _ in requests]
         tokens = [[0] * n for _ in requests]
-        kw = dict(max_tokens=int(settings.max_new_tokens), temperature=float(settings.temperature),
+        kw = dict(max_tokens=int(settings.max_new_tokens or DEFAULT_MAX_NEW_TOKENS), temperature=float(settings.temperature),
                   top_p=float(settings.top_p), stop=None)
         start = time.perf_counter()
         many = getattr(self.client, "complete_many", None)

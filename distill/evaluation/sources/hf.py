@@ -10,7 +10,7 @@ import logging
 import time
 from typing import Any, Sequence
 
-from distill.evaluation.settings import GenerationResult, GenerationSettings
+from distill.evaluation.settings import DEFAULT_MAX_NEW_TOKENS, GenerationResult, GenerationSettings
 
 log = logging.getLogger(__name__)
 
@@ -59,13 +59,15 @@ class HFSource:
 
     def _limits(self, settings: GenerationSettings) -> tuple[int | None, int]:
         max_pos = getattr(self.model.config, "max_position_embeddings", None)
-        max_new = int(settings.max_new_tokens)
+        asked = settings.max_new_tokens
+        max_new = int(asked) if asked is not None else DEFAULT_MAX_NEW_TOKENS
         max_prompt = settings.max_prompt_tokens
         if max_pos:
             if max_new >= max_pos:
                 max_new = max(1, max_pos // 2)
-                log.warning("max_new_tokens %d >= the model's %d positions; using %d",
-                            settings.max_new_tokens, max_pos, max_new)
+                if asked is not None:  # only a number the user chose is worth a warning
+                    log.warning("generation.max_new_tokens=%d >= the model's %d positions; using %d",
+                                asked, max_pos, max_new)
             room = max_pos - max_new
             max_prompt = min(max_prompt or room, room)
         return max_prompt, max_new

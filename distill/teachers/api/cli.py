@@ -42,6 +42,7 @@ from distill.teachers.api.promptset import read_prompts, write_prompts
 from distill.teachers.api.ratelimit import LimiterPool, limits_from_config
 from distill.teachers.api.report import write_report
 from distill.teachers.api.sampling import Sampling
+from distill.config import app_errors, prepare_app
 
 log = logging.getLogger(__name__)
 
@@ -248,12 +249,18 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 # An absolute config dir: Hydra would resolve a relative one as a Python package once installed.
 @hydra.main(version_base=None, config_path=CONF_DIR, config_name="teacher_data")
-def main(cfg: DictConfig) -> None:
+def _hydra_main(cfg: DictConfig) -> None:
     try:
-        run(cfg)
+        with app_errors():
+            run(cfg)
     except GenerationIncomplete as e:
         log.error("%s", e)
         raise SystemExit(1) from None
+
+
+def main() -> None:
+    prepare_app()
+    _hydra_main()
 
 
 if __name__ == "__main__":

@@ -29,13 +29,14 @@ from typing import Any
 
 from distill.teachers.api.pricing import usage_dict
 from distill.teachers.api.ratelimit import LimiterPool, RateLimiter
+from distill.config import ConfigError
 
 log = logging.getLogger(__name__)
 
 API_KEY_ENV = "ANTHROPIC_API_KEY"
 
 
-class MissingAPIKeyError(RuntimeError):
+class MissingAPIKeyError(ConfigError):
     pass
 
 

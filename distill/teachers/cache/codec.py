@@ -43,6 +43,7 @@ import numpy as np
 import torch
 
 from distill.teachers.cache.encoding import Rows, log_weights_from_counts
+from distill.config import ConfigError
 
 LAYOUTS = ("dense", "ragged")
 ID_WIDTHS = {"uint16": 2, "uint24": 3, "int32": 4}
@@ -55,7 +56,7 @@ MAX_COUNT = 255  # uint8 counts and entry numbers: k <= 255 for counts and the r
 Q8_LEVELS = 255
 
 
-class CacheFormatError(ValueError):
+class CacheFormatError(ConfigError):
     """A manifest names an encoding (or version) this distill cannot read."""
 
 

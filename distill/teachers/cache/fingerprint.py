@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from distill.config import ConfigError
 
 # Hash every byte of local weight files up to this size; beyond it (multi-GB checkpoints) hash
 # names, sizes and the first/last chunk of each file, so checking a cache never takes minutes.
@@ -21,7 +22,7 @@ FULL_HASH_LIMIT = 2 << 30
 SAMPLE_CHUNK = 16 << 20
 
 
-class CacheMismatchError(ValueError):
+class CacheMismatchError(ConfigError):
     """The cache was written for another teacher, tokenizer or data than the run uses."""
 
 

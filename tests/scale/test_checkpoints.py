@@ -57,6 +57,7 @@ def test_a_resumed_lora_run_with_dropout_equals_the_uninterrupted_run(straight, 
     assert worst <= 1e-6, worst
 
 
+@pytest.mark.slow  # the negative control of the test above
 def test_without_the_random_state_dropout_would_differ(straight, tmp_path):
     """The check above can fail: the same resume without RNGState lands elsewhere."""
     run, _ = straight

@@ -75,6 +75,7 @@ def fp32_and_bf16(tmp_path_factory):
     return runs
 
 
+@pytest.mark.slow  # two 6-step runs
 def test_bf16_mixed_runs_on_cpu_within_two_percent_of_fp32(fp32_and_bf16):
     """bf16 autocast on CPU (Lightning's bf16-mixed): the tiny default's held-out loss after 6 steps
     lands within 2% of the float32 run's (bf16 keeps 8 mantissa bits; the weights stay fp32)."""

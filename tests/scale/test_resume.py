@@ -56,7 +56,7 @@ def test_the_tiny_run_has_three_steps_per_epoch(straight):
     assert isinstance(loader, ResumableLoader) and len(loader) == 3
 
 
-@pytest.mark.parametrize("kill", [2, 3, 4])
+@pytest.mark.parametrize("kill", [2, 3, pytest.param(4, marks=pytest.mark.slow)])
 def test_killed_and_resumed_run_equals_the_uninterrupted_run(straight, tmp_path, kill):
     ckpt = straight / "checkpoints" / f"step{kill:05d}.ckpt"
     assert ckpt.exists()

@@ -49,7 +49,7 @@ def overrides(args, path: Path, total: int) -> list[str]:
     return [*args.extra, *out]
 
 
-def time_steps(args, path: Path, out: Path) -> list[float]:
+def time_steps(args, path: Path, out: Path):
     import lightning as L
 
     from distill.build import build_components
@@ -69,15 +69,12 @@ def time_steps(args, path: Path, out: Path) -> list[float]:
     parts = build_components(cfg).load()
     trainer = instantiate(cfg.trainer, "trainer", callbacks=[Tick()], logger=False, enable_checkpointing=False)
     trainer.fit(parts.module, datamodule=parts.datamodule)
-    return clock.durations(args.warmup, args.clock)
+    return clock.durations(args.warmup, args.clock), parts.datamodule
 
 
-def time_reads(args, path: Path, out: Path) -> float:
+def time_reads(args, datamodule) -> float:
     """CPU (or wall) seconds per training batch of the DataModule with the cache's hook."""
-    from distill.build import build_components
-
-    parts = build_components(compose("train", overrides(args, path, args.read_batches), out))
-    loader = parts.datamodule.train_dataloader()
+    loader = datamodule.train_dataloader()
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
     it = iter(loader)
     next(it)  # opens the shard files
@@ -125,8 +122,8 @@ def main() -> None:
     for r in range(args.rounds):
         per_round.append({})
         for name, path in caches.items():
-            d = time_steps(args, path, out / name)
-            read = time_reads(args, path, out / f"{name}-read")
+            d, datamodule = time_steps(args, path, out / name)
+            read = time_reads(args, datamodule)
             steps[name].extend(d)
             per_round[-1][name] = {"step": median(d), "read": read}
             print(f"round {r + 1}/{args.rounds} {name:<26} median step {median(d):.4f} s, read {1000 * read:.2f} ms/batch "

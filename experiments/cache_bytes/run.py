@@ -197,6 +197,7 @@ def cmd_score(args) -> None:
                "layout_bytes_per_token": reader.encoding.bytes_per_token(k, reader.mean_entries("train")),
                "mean_entries": reader.mean_entries("train"),
                "qwen_bytes_per_token": qwen_projection(reader.encoding, k, reader.mean_entries("train")),
+               "qwen_bytes_per_token_max": qwen_projection(reader.encoding, k, float(k)),
                "train_tokens": n_tok}
         if mode == "topk":
             row.update(reconstruction(reader, teacher, dm.examples("val"), dm.tokenizer.pad_token_id))
@@ -247,6 +248,11 @@ def print_report(result: dict) -> None:
           "the measured entries per token; entries: stored ids per token (distinct draws for ragged rows); Qwen B: "
           "the same layout at V=151,936 (3-byte ids), before compression; step vs v1: cached step time relative to "
           "the same mode's v1 row, measured side by side in one process)")
+    print(f"projection to V={QWEN_V:,} (Qwen; 3-byte ids, the exact layout, no compression, no per-example offsets): "
+          + "; ".join(f"{r['row']} {r['qwen_bytes_per_token']:.1f} B"
+                      + (f" (at most {r['qwen_bytes_per_token_max']:.0f} B with all {r['k']} draws distinct)"
+                         if r["qwen_bytes_per_token_max"] != r["qwen_bytes_per_token"] else "")
+                      for r in result["rows"] if "zstd" not in r["row"]))
     for r in result["rows"]:
         if "logprob_abs_err_mean" in r:
             print(f"reconstruction {r['row']}: |log p - stored| mean {r['logprob_abs_err_mean']:.5f}, max "

@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 SAMPLE = 4096
 
 
-class BaseMismatchError(ConfigError):
+class BaseMismatchError(ConfigError, RuntimeError):
     """A checkpoint's trainable weights were trained on top of another frozen base."""
 
 

@@ -83,14 +83,17 @@ def finalize(total: dict[str, float]) -> dict[str, float]:
     return out
 
 
-def gap_closed(student: float | None, baseline: float | None, teacher: float | None) -> float | None:
-    """``(baseline - student) / (baseline - teacher)``: the share of the distance between the CE-only
-    student and the teacher that distillation recovered (1 = teacher level, < 0 = worse than CE-only).
+def gap_closed(student: float | None, baseline: float | None, teacher: float | None,
+               higher_is_better: bool = False) -> float | None:
+    """``(baseline - student) / (baseline - teacher)``: the share of the distance between the
+    baseline student and the teacher that distillation recovered (1 = teacher level, < 0 = worse
+    than the baseline). The one definition (run summary on held-out CE, evaluation report on pass@k
+    with ``higher_is_better=True``).
 
-    The one definition (run summary and evaluation report). None when a value is missing or the
-    teacher is not better than the baseline: then there is no gap, and the ratio means nothing.
+    None when a value is missing or the teacher is not better than the baseline: then there is no
+    gap to close, and the ratio means nothing.
     """
     if None in (student, baseline, teacher):
         return None
-    gap = baseline - teacher
-    return None if gap <= 1e-12 else (baseline - student) / gap
+    gap = (teacher - baseline) if higher_is_better else (baseline - teacher)
+    return None if gap <= 1e-12 else (baseline - student) / (baseline - teacher)

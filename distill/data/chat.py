@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from distill.losses.functional import IGNORE_INDEX
+from distill.jsonl import iter_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -132,19 +133,12 @@ class ChatPairsSource:
             raise FileNotFoundError(f"ChatPairsSource: {self.path} does not exist (run distill-teacher-data first, "
                                     f"or point data.source.path at your prompt/completion JSONL)")
         recs = []
-        with self.path.open(encoding="utf-8") as f:
-            for i, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    r = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{self.path}:{i}: not valid JSON ({e.msg})") from e
-                for fld in (self.prompt_field, self.completion_field):
-                    if not isinstance(r.get(fld), str):
-                        raise KeyError(f"{self.path}:{i}: field {fld!r} missing or not a string "
-                                       f"(set prompt_field/completion_field to your file's names)")
-                recs.append(r)
+        for i, r in iter_jsonl(self.path):  # errors name the line
+            for fld in (self.prompt_field, self.completion_field):
+                if not isinstance(r.get(fld), str):
+                    raise KeyError(f"{self.path}:{i}: field {fld!r} missing or not a string "
+                                   f"(set prompt_field/completion_field to your file's names)")
+            recs.append(r)
         if not recs:
             raise ValueError(f"ChatPairsSource: {self.path} holds no records")
         if self.max_examples:

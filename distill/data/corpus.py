@@ -149,8 +149,9 @@ class _TextSource:
 
 
 def _tokenizer_fingerprint(tokenizer) -> str:
-    vocab = tokenizer.get_vocab()
-    return hashlib.sha1(json.dumps(sorted(vocab.items())).encode()).hexdigest()[:16]
+    from distill.data.vocab import tokenizer_fingerprint
+
+    return tokenizer_fingerprint(tokenizer)["vocab_sha256"][:16]
 
 
 class StdlibCorpus(_TextSource):

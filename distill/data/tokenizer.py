@@ -12,6 +12,8 @@ from pathlib import Path
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
+from distill.data.vocab import same_vocabulary, tokenizer_fingerprint  # noqa: F401 (re-exported)
+
 log = logging.getLogger(__name__)
 
 SPECIAL_TOKENS = {"bos_token": "<|bos|>", "eos_token": "<|eos|>", "pad_token": "<|pad|>", "unk_token": "<|unk|>"}
@@ -118,22 +120,3 @@ def load_tokenizer(name_or_path: str | None, build: dict | None = None, source=N
         tok.pad_token = tok.eos_token
     return tok
 
-
-def tokenizer_fingerprint(tokenizer) -> dict:
-    """``{name_or_path, size, vocab_sha256}``: the hash of the id <-> token map decides identity.
-
-    The one definition of "the same tokenizer" (vocabulary checks, caches, tokenized-data keys).
-    """
-    import hashlib
-    import json
-
-    vocab = tokenizer.get_vocab()
-    # the serialisation existing cache manifests were written with: keep it byte for byte
-    digest = hashlib.sha256(json.dumps(sorted(vocab.items()), sort_keys=True, default=str).encode()).hexdigest()
-    return {"name_or_path": str(getattr(tokenizer, "name_or_path", "")), "size": len(tokenizer),
-            "vocab_sha256": digest}
-
-
-def same_vocabulary(a, b) -> bool:
-    """True when both tokenizers map every token to the same id (sizes alone are not enough)."""
-    return a is b or a.get_vocab() == b.get_vocab()

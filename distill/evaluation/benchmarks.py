@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from distill.evaluation.stdio import case_program
+from distill.jsonl import read_jsonl as _read_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -192,17 +193,7 @@ def read_jsonl(path: str | Path) -> list[dict]:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"benchmark file not found: {path}")
-    opener = gzip.open if path.suffix == ".gz" else open
-    rows = []
-    with opener(path, "rt", encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
-    return rows
+    return _read_jsonl(path)
 
 
 def _require(row: Mapping, keys: Iterable[str], where: str) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from distill.data.corpus import jsonl_texts
+from distill.data.vocab import same_vocabulary  # noqa: F401 (used below; one definition)
 
 log = logging.getLogger(__name__)
 
@@ -116,16 +117,6 @@ def pack_batches(texts: list[str], tokenizer, settings: HeldoutSettings):
         mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in chunk])
         labels = input_ids.masked_fill(mask == 0, -100)
         yield {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
-
-
-def same_vocabulary(tok_a, tok_b) -> bool:
-    """Agreement and KL compare distributions token by token: only meaningful on one vocabulary."""
-    if tok_a is tok_b:
-        return True
-    if len(tok_a) != len(tok_b):
-        return False
-    probe = "def f(x):\n    return x ** 2  # probe ünïcode\n"
-    return tok_a(probe)["input_ids"] == tok_b(probe)["input_ids"]
 
 
 def evaluate_heldout(student, tokenizer, texts: list[str], settings: HeldoutSettings,

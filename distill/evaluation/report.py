@@ -13,6 +13,8 @@ import json
 import math
 from pathlib import Path
 from typing import Any, Mapping, Sequence
+from distill.jsonl import read_jsonl
+from distill.metrics import gap_closed
 
 ROLE_ORDER = {"teacher": 0, "base": 1, "distilled": 2, "model": 3}
 ROLE_COLOR = {"teacher": "#4c72b0", "base": "#dd8452", "distilled": "#55a868", "model": "#8172b3"}
@@ -31,21 +33,9 @@ def _load_results(summary: Mapping[str, Any]) -> dict[str, dict]:
     path = Path(summary.get("files", {}).get("results", ""))
     out: dict[str, dict] = {}
     if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                out[row["task_id"]] = row
+        for row in read_jsonl(path, tolerate_torn_tail=True):
+            out[row["task_id"]] = row
     return out
-
-
-def gap_closed(distilled: float | None, base: float | None, teacher: float | None) -> float | None:
-    """Fraction of the teacher-minus-base gap recovered by distillation (1 = teacher level)."""
-    if None in (distilled, base, teacher) or abs(teacher - base) < 1e-12:
-        return None
-    return (distilled - base) / (teacher - base)
 
 
 def pick_samples(entries: Sequence[Mapping[str, Any]], results: Sequence[Mapping[str, dict]],
@@ -186,7 +176,7 @@ def write_report(entries: Sequence[Mapping[str, Any]], out_dir: str | Path,
                                                                           "distilled"))
             if None in (t, b, d):
                 continue
-            g = gap_closed(d, b, t)
+            g = gap_closed(student=d, baseline=b, teacher=t, higher_is_better=True)
             lines.append(f"- {k}: distilled {d:.3f} vs base {b:.3f} ({(d - b) * 100:+.1f} "
                          f"points); teacher {t:.3f}; gap closed: "
                          f"{'—' if g is None else f'{g * 100:.0f}%'}")

@@ -34,13 +34,14 @@ from distill.evaluation.passk import per_task_pass_at_k, summarize_pass_at_k
 from distill.evaluation.postprocess import make_completion
 from distill.evaluation.sandbox import ExecResult, Sandbox
 from distill.config import ConfigError
+from distill.jsonl import read_jsonl
 
 log = logging.getLogger(__name__)
 
 KEEP_OUTPUT_CHARS = 2000
 
 
-class SettingsChanged(ConfigError):
+class SettingsChanged(ConfigError, RuntimeError):
     """An output folder holds results made with other settings."""
 
 
@@ -75,22 +76,7 @@ def run_settings(spec: EvalModelConfig, benchmark: Benchmark, settings: Generati
 
 def _read_jsonl(path: Path) -> list[dict]:
     """Rows of a result file; a torn last line (killed mid-write) is dropped, not fatal."""
-    rows = []
-    if not path.exists():
-        return rows
-    lines = path.read_text(encoding="utf-8").splitlines()
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            if i == len(lines) - 1:
-                log.warning("%s: dropping a torn last line (interrupted write)", path)
-                continue
-            raise ValueError(f"{path}:{i + 1}: corrupt line; delete the file or use "
-                             f"overwrite=true") from None
-    return rows
+    return read_jsonl(path, tolerate_torn_tail=True) if path.exists() else []
 
 
 def _append(path: Path, rows: Sequence[Mapping]) -> None:

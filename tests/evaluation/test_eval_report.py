@@ -72,6 +72,7 @@ def test_report_refuses_mixed_benchmarks(tmp_path):
 
 
 def test_gap_closed():
-    assert gap_closed(0.5, 0.25, 0.75) == pytest.approx(0.5)
-    assert gap_closed(0.5, 0.5, 0.5) is None
+    assert gap_closed(0.5, 0.25, 0.75, higher_is_better=True) == pytest.approx(0.5)
+    assert gap_closed(0.5, 0.75, 0.25, higher_is_better=True) is None  # a teacher below the base: no gap
+    assert gap_closed(0.5, 0.5, 0.5, higher_is_better=True) is None
     assert gap_closed(None, 0.1, 0.2) is None

@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 API_KEY_ENV = "ANTHROPIC_API_KEY"
 
 
-class MissingAPIKeyError(ConfigError):
+class MissingAPIKeyError(ConfigError, RuntimeError):
     pass
 
 

@@ -24,13 +24,15 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
+from distill.jsonl import CorruptJSONL, iter_jsonl
+
 log = logging.getLogger(__name__)
 
 Key = tuple[str, int, str]
 
 
-class CorruptStoreError(RuntimeError):
-    """A line other than the last is unreadable: not a crash artefact, so we refuse to guess."""
+#: A line other than the last is unreadable: not a crash artefact, so we refuse to guess.
+CorruptStoreError = CorruptJSONL
 
 
 class StoreLockedError(RuntimeError):
@@ -46,21 +48,8 @@ def read_jsonl(path: str | Path, *, tolerate_corrupt_tail: bool = True) -> Itera
 
     For readers (filters, training) that must not modify the file; :class:`ResultStore` repairs it.
     """
-    path = Path(path)
-    with path.open("rb") as f:
-        lines = f.read().split(b"\n")
-    if lines and lines[-1] == b"":
-        lines.pop()
-    for i, raw in enumerate(lines, 1):
-        if not raw.strip():
-            continue
-        try:
-            yield json.loads(raw)
-        except json.JSONDecodeError as e:
-            if i == len(lines) and tolerate_corrupt_tail:
-                log.warning("%s: ignoring corrupt last line %d (%d bytes, an interrupted write)", path, i, len(raw))
-                return
-            raise CorruptStoreError(f"{path}:{i}: not valid JSON ({e.msg}); fix or remove that line") from e
+    for _, row in iter_jsonl(path, tolerate_torn_tail=tolerate_corrupt_tail):
+        yield row
 
 
 class ResultStore:

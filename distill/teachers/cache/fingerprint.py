@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 from distill.config import ConfigError
+from distill.data.vocab import tokenizer_fingerprint  # noqa: F401 (re-exported: the one definition)
 
 # Hash every byte of local weight files up to this size; beyond it (multi-GB checkpoints) hash
 # names, sizes and the first/last chunk of each file, so checking a cache never takes minutes.
@@ -40,13 +41,6 @@ def file_sha256(path: str | Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 22), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def tokenizer_fingerprint(tokenizer) -> dict:
-    """``{name_or_path, size, vocab_sha256}``; the hash of the id <-> token map decides equality."""
-    vocab = tokenizer.get_vocab()
-    return {"name_or_path": str(getattr(tokenizer, "name_or_path", "")), "size": len(tokenizer),
-            "vocab_sha256": _json_sha(sorted(vocab.items()))}
 
 
 def tokens_sha256(examples) -> tuple[str, int]:

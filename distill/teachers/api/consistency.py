@@ -6,24 +6,22 @@ base task's asserts) or with the answer itself (``test_*`` functions, bare asser
 and the cheaper one to train on).
 
 Tests are executed, and executing model-written code is only acceptable in a sandbox we control:
-a fresh ``python -I`` child process with a wall-clock timeout, an empty temporary working
-directory, CPU/memory/file-size limits, no stdin, and an environment with nothing but ``PATH`` and
-locale variables, so no ``ANTHROPIC_API_KEY`` or other secret is visible to the code under test.
+the project's one sandbox (:mod:`distill.evaluation.sandbox`, the one ``distill-eval`` runs
+benchmarks in): a child process per program with a wall-clock timeout, its own process group,
+CPU/memory/file-size limits, an empty temporary working directory, no stdin, and an environment
+built from an allowlist, so no ``ANTHROPIC_API_KEY`` or other secret is visible to the code under
+test. Its docstring says what it does not protect.
 """
 
 from __future__ import annotations
 
 import ast
 import json
-import os
-import signal
-import subprocess
-import sys
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Iterable
 
+from distill.evaluation.sandbox import SandboxConfig, run_programs, scrubbed_env
 from distill.teachers.api.syntax import check_blocks, extract_code_blocks
 
 # Runs inside the child: the answer's code as module ``solution``, then the tests in the same
@@ -34,9 +32,9 @@ res = {"passed": 0, "failed": 0, "skipped": 0, "error": None}
 try:
     mod = types.ModuleType("solution"); sys.modules["solution"] = mod
     ns = mod.__dict__
-    cfg = json.load(open("config.json"))
+    cfg = _CONFIG
     for name in ("setup.py", "solution.py", "tests.py"):
-        src = open(name, encoding="utf-8").read()
+        src = _SOURCES[name]
         if src.strip():
             exec(compile(src, name, "exec"), ns)
             if name == "tests.py" or (name == "solution.py" and cfg["module_asserts"]):
@@ -56,26 +54,9 @@ except BaseException as e:
 sys.stdout.write("\n@@RESULT@@" + json.dumps(res) + "\n")
 '''
 
-_SAFE_ENV = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "SYSTEMROOT", "TMPDIR")
-
-
 def sandbox_env() -> dict[str, str]:
     """Only what a Python child needs to start; in particular no API keys or tokens."""
-    env = {k: os.environ[k] for k in _SAFE_ENV if k in os.environ}
-    env["PYTHONDONTWRITEBYTECODE"] = "1"
-    env["PYTHONHASHSEED"] = "0"
-    return env
-
-
-def _limits(cpu_s: int, mem_mb: int):
-    def apply():  # runs in the child before exec
-        import resource
-
-        os.setsid()
-        resource.setrlimit(resource.RLIMIT_CPU, (cpu_s, cpu_s))
-        resource.setrlimit(resource.RLIMIT_AS, (mem_mb << 20, mem_mb << 20))
-        resource.setrlimit(resource.RLIMIT_FSIZE, (10 << 20, 10 << 20))
-    return apply
+    return scrubbed_env()
 
 
 @dataclass
@@ -92,25 +73,18 @@ class TestOutcome:
 
 def run_python_tests(code: str, tests: str = "", setup: str = "", timeout_s: float = 10.0,
                      mem_mb: int = 1024) -> TestOutcome:
-    """Run ``setup`` + ``code`` + ``tests`` in a sandboxed child process."""
-    files = {"setup.py": setup or "", "solution.py": code, "tests.py": tests or "", "runner.py": _RUNNER,
-             "config.json": json.dumps({"module_asserts": _module_asserts(code)})}
-    with tempfile.TemporaryDirectory(prefix="distill-tests-") as d:
-        for name, src in files.items():
-            with open(os.path.join(d, name), "w", encoding="utf-8") as f:
-                f.write(src)
-        proc = subprocess.Popen([sys.executable, "-I", "runner.py"], cwd=d, env=sandbox_env(),
-                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True, preexec_fn=_limits(int(timeout_s) + 1, mem_mb))
-        try:
-            out, err = proc.communicate(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)  # the whole session: code under test may have forked
-            proc.communicate()
-            return TestOutcome("timeout", error=f"timed out after {timeout_s}s")
+    """Run ``setup`` + ``code`` + ``tests`` as one program in the sandbox."""
+    sources = {"setup.py": setup or "", "solution.py": code, "tests.py": tests or ""}
+    config_ = {"module_asserts": _module_asserts(code)}
+    program = f"_SOURCES = {sources!r}\n_CONFIG = {config_!r}\n" + _RUNNER  # Python literals
+    config = SandboxConfig(timeout=float(timeout_s), memory_mb=int(mem_mb), workers=1)
+    result = run_programs([program], config)[0]
+    if result.outcome == "timeout":
+        return TestOutcome("timeout", error=f"timed out after {timeout_s}s")
+    out = result.stdout or ""
     marker = out.rfind("@@RESULT@@")
     if marker < 0:
-        tail = (err or out or "").strip().splitlines()[-1:] or [f"exit code {proc.returncode}"]
+        tail = (result.stderr or out or result.message or "").strip().splitlines()[-1:] or [result.outcome]
         return TestOutcome("failed", failed=1, error=f"child died: {tail[0][:300]}")
     res = json.loads(out[marker + len("@@RESULT@@"):].strip().splitlines()[0])
     if res["failed"]:

@@ -14,10 +14,14 @@ def test_gap_closed_formula():
     assert gap_closed(student=4.0, baseline=3.9, teacher=4.0) is None  # teacher no better: nothing to close
 
 
-def test_summary_trains_the_baseline_once_and_reports(tiny_cfg, tmp_path, capsys, distill_cache):
+def test_summary_trains_the_baseline_once_and_reports(tiny_cfg, tmp_path, capsys, caplog, distill_cache):
     cfg = tiny_cfg("summary.enabled=true", output_dir=tmp_path / "a")
-    metrics = pipeline.run(cfg)
+    with caplog.at_level("WARNING", logger="distill.baseline"):
+        metrics = pipeline.run(cfg)
     out = capsys.readouterr().out
+    # a new baseline is announced before it trains, with its expected time and how to skip it
+    notice = [r.getMessage() for r in caplog.records if r.name == "distill.baseline"]
+    assert notice and "summary.baseline=false" in notice[0] and "expect at most about" in notice[0]
     assert "=== distill summary" in out and "student, CE only (baseline)" in out and "student, distilled" in out
     summary = json.loads((tmp_path / "a" / "summary.json").read_text())
     assert summary["baseline"]["loss"] == pytest.approx(metrics["summary/baseline_loss"])

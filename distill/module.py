@@ -212,6 +212,11 @@ class DistillationModule(L.LightningModule):
         targets = next_token_targets(batch["labels"])
         student = self.student_forward(batch, frozenset({Need.STUDENT_LOGITS}))
         teacher_logits = None
+        if self.teacher.aligns_tokenizers:
+            # another vocabulary (ULD across tokenizers): teacher CE, agreement and KL are not
+            # per-token comparable, so held-out metrics are the student's own
+            M.accumulate(self._val_totals, M.heldout_metrics(student.logits, None, targets))
+            return
         if self.teacher.kind == TeacherKind.FULL:
             teacher_logits = self.teacher_forward(batch, frozenset({Need.TEACHER_LOGITS})).logits
         elif self.teacher.kind == TeacherKind.SPARSE and "teacher_topk_ids" in batch:  # cached teacher rows in the batch

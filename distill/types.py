@@ -118,6 +118,8 @@ class TeacherOutput:
         attentions: tuple of ``(B, H_t, L, L)`` per layer.
         last_hidden / lm_head_weight: ``(B, L, D_t)`` and ``(V, D_t)``: a full teacher given as its
             final hidden states and output head, so fused losses never materialise its logits.
+        positions, member_top1, member_picked: optional extras of cross-tokenizer and ensemble
+            teachers (alignment mask; per-member argmax and selection, for their log lines).
     """
 
     logits: torch.Tensor | None = None
@@ -129,6 +131,11 @@ class TeacherOutput:
     attentions: tuple[torch.Tensor, ...] | None = None
     last_hidden: torch.Tensor | None = None
     lm_head_weight: torch.Tensor | None = None
+    #: ``(B, L)`` bool: positions the teacher's own tokenization aligns to (cross-tokenizer teachers)
+    positions: torch.Tensor | None = None
+    #: ensemble teachers: ``{member: (B, L) top-1 ids}`` and ``{member: (B, L) bool}`` where it was selected
+    member_top1: dict | None = None
+    member_picked: dict | None = None
 
     @property
     def kind(self) -> TeacherKind:

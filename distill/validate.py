@@ -59,6 +59,11 @@ def check_vocab(student_tok, teacher: Teacher, loss: DistillationLoss) -> int | 
     if teacher.tokenizer and teacher.tokenizer != getattr(student_tok, "name_or_path", None):
         teacher_tok = load_tokenizer(teacher.tokenizer)
         if not same_vocabulary(teacher_tok, student_tok):
+            if not logit_users and not getattr(teacher, "aligns_tokenizers", False):
+                raise ConfigError(
+                    f"teacher tokenizer {teacher.tokenizer!r} differs from the student's {student_tok.name_or_path!r}, "
+                    "and this teacher reads the student's token ids as its own. A cross-tokenizer loss (ULD) needs "
+                    "the teacher to tokenize the text itself: use teacher=cross_tokenizer.")
             if logit_users:
                 raise ConfigError(
                     f"teacher tokenizer {teacher.tokenizer!r} ({len(teacher_tok)} tokens) differs from the student's "

@@ -17,6 +17,9 @@ class Teacher:
     """
 
     kind: TeacherKind = TeacherKind.NONE
+    #: True for a teacher that reads its own tokenization of the student's text and aligns it
+    #: back to the student's positions (``teacher=cross_tokenizer``): it may have another vocabulary.
+    aligns_tokenizers: bool = False
 
     def info(self) -> ModelInfo | None:
         """Shapes of the teacher model, from its config only (None when there is no model)."""

@@ -183,9 +183,10 @@ def test_epoch_based_run_sizes_the_lr_schedule(tiny_cfg):
     (["trainer.max_steps=-1", "trainer.max_epochs=1"], {"max_epochs": 2}),  # stopped at the end of an epoch
 ], ids=["mid-epoch", "last-batch", "epoch-end"])
 def test_resumed_runs_log_consecutive_steps(tiny_cfg, tmp_path, first, more):
-    # 3,000 characters at batch 2 make 31 batches per epoch; validation only at epoch ends.
+    # 3,000 characters at batch 2 make 31 batches per epoch (with the stdlib-trained tokenizer: one
+    # trained on these 3,000 characters alone would cut them differently); validation only at epoch ends.
     run = tmp_path / "run"
-    cfg = tiny_cfg("data.source.max_chars=3000", "data.batch_size=2", "trainer.val_check_interval=null",
+    cfg = tiny_cfg("data.source.max_chars=3000", "data.batch_size=2", "student.tokenizer_build.corpus=stdlib", "trainer.val_check_interval=null",
                    "trainer.check_val_every_n_epoch=1", "export.enabled=false", *first, output_dir=run)
     pipeline.run(cfg)
     with open_dict(cfg):

@@ -72,7 +72,18 @@ def load_student(run_dir: str | Path, ckpt: str | Path | None = None):
     weights = {k[len(prefix):]: v for k, v in state["state_dict"].items() if k.startswith(prefix)}
     if not weights:
         raise KeyError(f"{ckpt}: no '{prefix}*' weights in the checkpoint's state_dict")
-    student.load_state_dict(weights)
+    if state.get("frozen_base"):
+        # a LoRA checkpoint holds the adapters only (distill.checkpointing.TrainableOnlyCheckpoint):
+        # the frozen base came from its path when the student was built above
+        result = student.load_state_dict(weights, strict=False)
+        if result.unexpected_keys:
+            raise KeyError(f"{ckpt}: weights this student does not have: {result.unexpected_keys[:5]}")
+        trainable = {k for k, p in student.named_parameters() if p.requires_grad}
+        missing = sorted(set(result.missing_keys) & trainable)
+        if missing:
+            raise KeyError(f"{ckpt}: trainable weights missing from the checkpoint: {missing[:5]}")
+    else:
+        student.load_state_dict(weights)
     return student.eval(), checked.tokenizer, state.get("global_step")
 
 

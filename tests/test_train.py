@@ -151,8 +151,15 @@ def test_lora_adapter_export_reloads_with_peft(tiny_cfg, tmp_path):
     assert not (run / "student" / "model.safetensors").exists()
     # Rebuild the trained module from its checkpoint, and separately the frozen base exactly as
     # pipeline.run() initialised it (same seed, LoRA off), then put the exported adapter on that base.
+    L.seed_everything(cfg.seed)  # the checkpoint holds no base: rebuild the run's random one
     parts = build_components(cfg).load()
-    parts.module.load_state_dict(torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"])
+    # the checkpoint holds the adapters only (TrainableOnlyCheckpoint); the frozen base is rebuilt
+    result = parts.module.load_state_dict(torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"],
+                                          strict=False)
+    from distill.checkpointing import frozen_keys
+
+    frozen = set(frozen_keys(parts.module))
+    assert not result.unexpected_keys and result.missing_keys and set(result.missing_keys) <= frozen
     with open_dict(cfg):
         cfg.student.lora = None
     L.seed_everything(cfg.seed)

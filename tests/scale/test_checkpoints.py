@@ -11,8 +11,8 @@ from tests.scale.helpers import compose
 
 LORA = "+student.lora={r: 4, alpha: 8, dropout: 0.1, target_modules: [q_proj, v_proj]}"
 RUN = ["debug=tiny", LORA, "data.source.max_chars=3000", "data.max_val_examples=4", "export.enabled=false",
-       "trainer.val_check_interval=3", "+callbacks.trainable_only._target_=distill.checkpointing.TrainableOnlyCheckpoint",
-       "+callbacks.rng._target_=distill.checkpointing.RNGState", "trainer.max_steps=6",
+       "trainer.val_check_interval=3", "++callbacks.trainable_only._target_=distill.checkpointing.TrainableOnlyCheckpoint",
+       "++callbacks.rng._target_=distill.checkpointing.RNGState", "trainer.max_steps=6",
        "callbacks.model_checkpoint.monitor=null", "+callbacks.model_checkpoint.every_n_train_steps=1",
        "callbacks.model_checkpoint.save_top_k=-1"]
 

@@ -38,3 +38,17 @@ def tiny_cfg(tmp_path):
         return compose_cfg(["debug=tiny", *overrides], output_dir or tmp_path / "run")
 
     return make
+
+
+@pytest.fixture(autouse=True)
+def _rank_zero_restored():
+    """Building a strategy under simulated cluster variables sets Lightning's process-global
+    ``rank_zero_only.rank``; restore it, or every later test's loggers would stay silent."""
+    from lightning.fabric.utilities.rank_zero import rank_zero_only as fabric_rank_zero_only
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+    before = [(f, getattr(f, "rank", None)) for f in (rank_zero_only, fabric_rank_zero_only)]
+    yield
+    for f, rank in before:
+        if rank is not None:
+            f.rank = rank

@@ -58,14 +58,22 @@ class HFTeacher(Teacher):
     def tokenizer(self) -> str | None:
         return self.spec.tokenizer
 
+    def pretrained_folder(self, datamodule) -> Path | None:
+        """Where the teacher that ``pretrain`` describes for this data is (or will be) kept."""
+        if not self.pretrain:
+            return None
+        from distill.teachers.pretrain import pretrain_key
+
+        return Path(self.pretrain["dir"]) / f"{self.pretrain.get('name', 'teacher')}-s{self.pretrain.get('steps')}-" \
+            f"{pretrain_key(self.spec, datamodule, self.pretrain)}"
+
     def prepare(self, datamodule) -> None:
         if not self.pretrain:
             return
-        from distill.teachers.pretrain import pretrain_key, pretrain_teacher
+        from distill.teachers.pretrain import pretrain_teacher
 
-        settings = dict(self.pretrain)
-        folder = Path(settings.pop("dir")) / f"{settings.pop('name', 'teacher')}-s{settings.get('steps')}-" \
-            f"{pretrain_key(self.spec, datamodule, self.pretrain)}"
+        folder = self.pretrained_folder(datamodule)
+        settings = {k: v for k, v in self.pretrain.items() if k not in ("dir", "name")}
         self.spec.name_or_path = str(folder)
         if folder.exists():
             log.info("default teacher: loading %s (trained on this run's data and tokenizer)", folder)

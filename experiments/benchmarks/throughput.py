@@ -60,7 +60,6 @@ class Setup:
     """Config, tokenizer, examples, teacher path: built once, shared by every method."""
 
     def __init__(self, batch_size: int, seq_len: int, seed: int, out: Path):
-        from distill.config import instantiate
         from distill.build import build_checked
 
         self.out, self.seed, self.batch_size = out, seed, batch_size
@@ -71,10 +70,12 @@ class Setup:
         checked = build_checked(cfg)
         self.tokenizer = checked.tokenizer
         self.student_spec, self.teacher_spec = checked.student, checked.teacher.spec
-        dm = instantiate(cfg.data, "data").connect(self.tokenizer)
-        if not Path(self.teacher_spec.name_or_path).exists():
-            logging.warning("no pretrained default teacher at %s: timing a random teacher of the same shape",
-                            self.teacher_spec.name_or_path)
+        dm = checked.datamodule
+        folder = checked.teacher.pretrained_folder(dm)
+        if folder is not None and folder.exists():
+            self.teacher_spec.name_or_path = str(folder)  # the distill methods' own prepare() finds it too
+        else:
+            logging.warning("no pretrained default teacher at %s: timing a random teacher of the same shape", folder)
             self.overrides.append("teacher.pretrain=null")
         dm.setup("fit")
         self.examples = dm.train_set.examples

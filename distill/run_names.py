@@ -49,15 +49,17 @@ def short_value(value: str) -> str:
     return _UNSAFE.sub("_", value)
 
 
-def run_name(task_overrides: Iterable[str], swept: set[str], exclude: Iterable[str] = ()) -> str:
-    """``key=value,...`` over the swept keys of one job's overrides (``run`` when none vary)."""
+def run_name(task_overrides: Iterable[str], swept: set[str], exclude: Iterable[str] = (),
+             fallback: str = "run") -> str:
+    """``key=value,...`` over the swept keys of one job's overrides (``fallback`` when none vary,
+    e.g. a multirun config composed in Python, whose command line says nothing)."""
     excluded = set(exclude)
     parts = []
     for o in task_overrides:
         key = _key(o)
         if key in swept and key not in excluded and "=" in o:
             parts.append(f"{key}={short_value(o.split('=', 1)[1])}")
-    return ",".join(parts) or "run"
+    return ",".join(parts) or fallback
 
 
 def hydra_run_name(_root_) -> str:
@@ -65,4 +67,5 @@ def hydra_run_name(_root_) -> str:
     hydra = _root_.hydra
     exclude = list(hydra.job.config.override_dirname.get("exclude_keys") or [])
     params = hydra.sweeper.get("params") if "sweeper" in hydra else None
-    return run_name(list(hydra.overrides.task or []), swept_keys(sys.argv[1:], params), exclude)
+    return run_name(list(hydra.overrides.task or []), swept_keys(sys.argv[1:], params), exclude,
+                    fallback=str(hydra.job.get("override_dirname") or "run"))

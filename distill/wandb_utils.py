@@ -69,7 +69,7 @@ def run_identity() -> RunIdentity:
 
         exclude = list(hc.job.config.override_dirname.get("exclude_keys") or [])
         name = run_name(list(hc.overrides.get("task") or []), swept_keys(sys.argv[1:], hc.sweeper.get("params")),
-                        exclude)
+                        exclude, fallback=name)
     group = Path(str(hc.sweep.dir)).name if multirun else None
     choices = hc.runtime.get("choices") or {}
     tags = [f"{g}:{choices[g]}" for g in TAG_GROUPS if choices.get(g) not in (None, "null")]

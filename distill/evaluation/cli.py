@@ -20,8 +20,8 @@ from distill.evaluation.benchmarks import load_benchmark
 from distill.evaluation.model_config import EvalModelConfig
 from distill.evaluation.settings import GenerationSettings
 from distill.evaluation.sources import HFSource, build_source
-from distill.evaluation.heldout import (HeldoutSettings, evaluate_heldout, load_texts,
-                                        same_vocabulary)
+from distill.data.vocab import same_vocabulary
+from distill.evaluation.heldout import HeldoutSettings, evaluate_heldout, load_texts
 from distill.evaluation.report import write_report
 from distill.evaluation.runner import evaluate_model
 from distill.evaluation.sandbox import Sandbox, SandboxConfig

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from distill.data.corpus import jsonl_texts
-from distill.data.vocab import same_vocabulary  # noqa: F401 (used below; one definition)
 
 log = logging.getLogger(__name__)
 

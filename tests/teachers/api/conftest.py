@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fake_anthropic import TEST_KEY, FakeAnthropic, compose_teacher_cfg
+from fake_anthropic import TEST_KEY, FakeAnthropic, compose_teacher_cfg, api_key_set
 
 __all__ = ["TEST_KEY", "FakeAnthropic", "compose_teacher_cfg"]
 
@@ -40,21 +40,14 @@ def teacher_cfg():
 @pytest.fixture(scope="module")
 def teacher_dataset(tmp_path_factory):
     """A filtered set made once per module: local server -> 24 answers -> filters (real CLI code)."""
-    import os
-
     from distill.teachers.api.cli import run
 
     server = FakeAnthropic().start()
-    old = os.environ.get("ANTHROPIC_API_KEY")
-    os.environ["ANTHROPIC_API_KEY"] = TEST_KEY
     try:
-        out = tmp_path_factory.mktemp("teacher_data")
-        cfg = compose_teacher_cfg(out, server.url, ["prompts.num_prompts=24"])
-        result = run(cfg)
+        with api_key_set():
+            out = tmp_path_factory.mktemp("teacher_data")
+            cfg = compose_teacher_cfg(out, server.url, ["prompts.num_prompts=24"])
+            result = run(cfg)
     finally:
         server.stop()
-        if old is None:
-            os.environ.pop("ANTHROPIC_API_KEY", None)
-        else:
-            os.environ["ANTHROPIC_API_KEY"] = old
     return out, result, server

@@ -34,8 +34,11 @@ and shuts itself down after ``lifetime_s`` so a stuck test cannot leave it runni
 
 from __future__ import annotations
 
+import contextlib
+
 import hashlib
 import json
+import os
 import random
 import re
 import socket
@@ -463,3 +466,18 @@ def compose_teacher_cfg(out_dir, base_url: str, overrides=()):
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
         return compose("teacher_data", overrides=base + list(overrides))
+
+
+@contextlib.contextmanager
+def api_key_set():
+    """``ANTHROPIC_API_KEY`` set to :data:`TEST_KEY` for a block, then restored (for fixtures wider
+    than one test, where ``monkeypatch`` is not available)."""
+    old = os.environ.get("ANTHROPIC_API_KEY")
+    os.environ["ANTHROPIC_API_KEY"] = TEST_KEY
+    try:
+        yield TEST_KEY
+    finally:
+        if old is None:
+            os.environ.pop("ANTHROPIC_API_KEY", None)
+        else:
+            os.environ["ANTHROPIC_API_KEY"] = old

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 
 import pytest
 
@@ -20,7 +19,7 @@ from distill.teachers.api.filters import filter_records
 from distill.teachers.api.prompts import generate_prompts
 from distill.teachers.api.promptset import write_prompts
 
-from fake_anthropic import TEST_KEY, FakeAnthropic, compose_teacher_cfg
+from fake_anthropic import TEST_KEY, FakeAnthropic, compose_teacher_cfg, api_key_set
 from test_api_e2e import tokenizer_from
 
 MODELS = ["claude-haiku-4-5", "claude-sonnet-4-5", "claude-opus-4-5"]
@@ -38,18 +37,13 @@ def multi_run(tmp_path_factory):
                                     id="") for p in prompts[:2]]
     write_prompts(prompts, out / "my_prompts.jsonl")
     server = FakeAnthropic(broken={"claude-haiku-4-5": 0.5}).start()
-    old = os.environ.get("ANTHROPIC_API_KEY")
-    os.environ["ANTHROPIC_API_KEY"] = TEST_KEY
     try:
-        cfg = compose_teacher_cfg(out / "td", server.url, [f"prompts_file={out / 'my_prompts.jsonl'}",
-                                                         f"sampling.models=[{','.join(MODELS)}]"])
-        result = run(cfg)
+        with api_key_set():
+            cfg = compose_teacher_cfg(out / "td", server.url, [f"prompts_file={out / 'my_prompts.jsonl'}",
+                                                             f"sampling.models=[{','.join(MODELS)}]"])
+            result = run(cfg)
     finally:
         server.stop()
-        if old is None:
-            os.environ.pop("ANTHROPIC_API_KEY", None)
-        else:
-            os.environ["ANTHROPIC_API_KEY"] = old
     return out / "td", result, prompts
 
 

@@ -2,36 +2,61 @@
 # The method leaderboard (issue 12): every divergence, token weighting on forward KL, multi-teacher
 # and ULD on the embedded default, same steps, three seeds each, then distill-compare's table.
 #
-#   LEADERBOARD_TEACHER=<trained default teacher folder> experiments/method_leaderboard/run.sh
+#   experiments/method_leaderboard/run.sh
 #
-# Knobs (environment): SEEDS (default 0,1,2), STEPS (600, the default run), THREADS (1),
-# SWEEP (multirun/method_leaderboard), PARTS (1 2 3: which of the three multiruns below to run).
-# Seeds are the outer loop of each multirun, so a partial run has every method at seed 0 first.
-# Every run's summary trains (once, cached per seed) the CE-only student it is compared with.
+# Knobs (environment):
+#   SEEDS    seeds to run, comma-separated (default 0,1,2)
+#   PARTS    which multiruns (default "1 2 3"; see below)
+#   LOSSES   part 1's losses (default: all twelve)
+#   STEPS    optimizer steps (600, the default run)    THREADS  torch threads per run (1)
+#   SWEEP    sweep root (multirun/method_leaderboard)  COMPARE  0 skips the table at the end
+#   LEADERBOARD_TEACHER  part 3's teacher folder (default: the one part 1's runs loaded)
+# Each part and seed is one `distill-train -m` into $SWEEP/part<P>/seed<S>, so two invocations with
+# different SEEDS/PARTS/LOSSES can share the two cores (README: "Reproduce"). The first run pretrains
+# the default teacher if the cache has none (its folder is keyed by data, tokenizer and recipe, not
+# by seed or loss, so every row learns from the same teacher); each run's summary trains (once per
+# seed and teacher, cached) the CE-only student it is compared with.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 SEEDS=${SEEDS:-0,1,2}
+PARTS=${PARTS:-1 2 3}
+LOSSES=${LOSSES:-kd,rkl,jsd,skl,srkl,tvd,akl,todi,uld,kd_confidence,kd_sekd,kd_focal}
 STEPS=${STEPS:-600}
 THREADS=${THREADS:-1}
 SWEEP=${SWEEP:-multirun/method_leaderboard}
-PARTS=${PARTS:-1 2 3}
-: "${LEADERBOARD_TEACHER:?set LEADERBOARD_TEACHER to the trained default teacher folder (4 x 256, holds its tokenizer)}"
-export LEADERBOARD_TEACHER
-common=(seed="$SEEDS" trainer.max_steps="$STEPS" threads="$THREADS" hydra.sweep.dir="$SWEEP")
+COMPARE=${COMPARE:-1}
+
+teacher_folder() {  # the default teacher folder a finished part-1 run loaded (config_resolved.yaml)
+  python - "$SWEEP" <<'PY'
+import sys
+from pathlib import Path
+from omegaconf import OmegaConf
+for f in sorted(Path(sys.argv[1], "part1").rglob("config_resolved.yaml")):
+    path = OmegaConf.select(OmegaConf.load(f), "teacher.loaded.name_or_path")
+    if path and Path(path).is_dir():
+        print(path)
+        break
+PY
+}
 
 for part in $PARTS; do
-  case $part in
-    1)  # every divergence, and the token-weighting strategies on forward KL, with the default teacher
-        distill-train -m "${common[@]}" experiment=method_leaderboard \
-          loss=kd,rkl,jsd,skl,srkl,tvd,akl,todi,uld,kd_confidence,kd_sekd,kd_focal ;;
-    2)  # multi-teacher: the default teacher + a 2 x 128 teacher (pretrained once, on first use)
-        distill-train -m "${common[@]}" experiment=method_leaderboard_ensemble loss=kd teacher.combine=mean,token ;;
-    3)  # ULD across tokenizers: a student with its own 1,024-token BPE, and its CE-only twin
-        distill-train -m "${common[@]}" experiment=stdlib_uld_cross_tokenizer \
-          teacher.teacher.model.name_or_path="$LEADERBOARD_TEACHER" loss=uld,ce \
-          '+callbacks.step_timer={_target_: distill.compare.StepTimer}' export.enabled=false ;;
-    *)  echo "unknown part $part (use 1, 2, 3)" >&2; exit 2 ;;
-  esac
+  for seed in ${SEEDS//,/ }; do
+    common=(seed="$seed" trainer.max_steps="$STEPS" threads="$THREADS" hydra.sweep.dir="$SWEEP/part$part/seed$seed")
+    case $part in
+      1)  # every divergence, and the token-weighting strategies on forward KL, with the default teacher
+          distill-train -m "${common[@]}" experiment=method_leaderboard loss="$LOSSES" ;;
+      2)  # multi-teacher: the default teacher + a 2 x 128 teacher (pretrained once, on first use)
+          distill-train -m "${common[@]}" experiment=method_leaderboard_ensemble loss=kd teacher.combine=mean,token ;;
+      3)  # ULD across tokenizers: a student with its own 1,024-token BPE, and its CE-only twin
+          teacher=${LEADERBOARD_TEACHER:-$(teacher_folder)}
+          [[ -n $teacher ]] || { echo "part 3 needs the default teacher: run part 1 first or set LEADERBOARD_TEACHER" >&2; exit 2; }
+          LEADERBOARD_TEACHER=$teacher distill-train -m "${common[@]}" experiment=method_leaderboard_cross_tokenizer loss=uld,ce ;;
+      *)  echo "unknown part $part (use 1, 2, 3)" >&2; exit 2 ;;
+    esac
+  done
 done
-distill-compare "$SWEEP" --relative-to experiment=method_leaderboard,loss=kd \
-  --metrics val/loss summary/gap_closed summary/vs_baseline val/teacher_loss val/agreement val/kl time/step_s
+if [[ $COMPARE != 0 ]]; then
+  distill-compare "$SWEEP" --out experiments/method_leaderboard/results \
+    --relative-to experiment=method_leaderboard,loss=kd \
+    --metrics val/loss summary/gap_closed summary/vs_baseline val/teacher_loss val/agreement val/kl time/step_s
+fi

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -85,6 +86,8 @@ def main() -> None:
     parser.add_argument("--blocks", type=int, default=256, help="held-out blocks to score (all 256 by default)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
+    # the cross-tokenizer runs' config names their teacher through this variable (run.sh sets it)
+    os.environ.setdefault("LEADERBOARD_TEACHER", str(args.teacher))
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     texts = held_out_texts(args.runs[0], args.blocks)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Sequence
 
 from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import MissingMandatoryValue
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,10 @@ def instantiate(node: DictConfig, what: str, **kwargs):
         return hydra.utils.instantiate(node, **kwargs)
     except Exception as e:
         cause = _root_cause(e)
+        missing = _missing_keys(node, what) if isinstance(cause, MissingMandatoryValue) else []
+        if missing:  # a `???` the command line did not fill (possibly reached through an interpolation)
+            raise ConfigError(f"while building `{what}`: {', '.join(missing)} must be set (it is `???` in the "
+                              f"config); give it on the command line, e.g. {missing[0]}=<value>") from cause
         if isinstance(cause, (ImportError, AttributeError)) and "Error locating target" in str(e):
             raise ConfigError(f"while building `{what}`: cannot import <{target}>: "
                               f"{type(cause).__name__}: {cause}. Is the package importable from the "
@@ -54,6 +59,27 @@ def instantiate(node: DictConfig, what: str, **kwargs):
             except TypeError:  # an exception type whose constructor takes other arguments
                 raise e from None
         raise
+
+
+def _missing_keys(node, what: str) -> list[str]:
+    """The ``???`` keys under ``node``, as full dotted keys starting with ``what`` (unresolved, so a
+    key that only interpolates to a ``???`` is named by the ``???`` itself)."""
+    if not isinstance(node, DictConfig):
+        return []
+    found: list[str] = []
+
+    def walk(value, key: str) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(v, f"{key}.{k}")
+        elif isinstance(value, list):
+            for i, v in enumerate(value):
+                walk(v, f"{key}[{i}]")
+        elif value == "???":
+            found.append(key)
+
+    walk(OmegaConf.to_container(node, resolve=False), what)
+    return sorted(found)
 
 
 def _root_cause(e: BaseException) -> BaseException:

@@ -24,6 +24,16 @@ def test_missing_teacher_path_names_the_key(tiny_cfg):
     fails(cfg, FileNotFoundError, r"teacher.name_or_path='/nonexistent/teacher'")
 
 
+def test_unset_mandatory_value_names_the_key_behind_an_interpolation(tiny_cfg):
+    # teacher=cross_tokenizer leaves the teacher folder `???`, and its `tokenizer` interpolates to it:
+    # the message names the `???` key itself (not the interpolating one) and how to set it
+    from distill.config import ConfigError
+
+    cfg = tiny_cfg("teacher=cross_tokenizer", "loss=uld")
+    fails(cfg, ConfigError, r"teacher\.teacher\.model\.name_or_path must be set .* "
+                            r"teacher\.teacher\.model\.name_or_path=<value>")
+
+
 def test_empty_dataset(tiny_cfg, tmp_path):
     (tmp_path / "empty").mkdir()
     cfg = tiny_cfg("data=text", f"data.source.train={tmp_path / 'empty'}", "data.seq_len=32", "data.batch_size=4")

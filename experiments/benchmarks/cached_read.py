@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from common import REPO, StepClock, compose, machine, median  # noqa: E402  (sets sys.path)
+from common import REPO, StepClock, compose, fit_timed, machine, median  # noqa: E402  (sets sys.path)
 
 ROOT = "data/teacher_logits/cache-bytes-s600-seed0"
 
@@ -50,25 +50,10 @@ def overrides(args, path: Path, total: int) -> list[str]:
 
 
 def time_steps(args, path: Path, out: Path):
-    import lightning as L
-
-    from distill.build import build_components
-    from distill.config import instantiate
-
     clock = StepClock()
 
-    class Tick(L.Callback):
-        def on_train_start(self, trainer, pl_module):
-            clock.tick()
-
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            clock.tick()
-
     cfg = compose("train", overrides(args, path, args.warmup + args.steps), out)
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    parts = build_components(cfg).load()
-    trainer = instantiate(cfg.trainer, "trainer", callbacks=[Tick()], logger=False, enable_checkpointing=False)
-    trainer.fit(parts.module, datamodule=parts.datamodule)
+    parts = fit_timed(cfg, clock)
     return clock.durations(args.warmup, args.clock), parts.datamodule
 
 

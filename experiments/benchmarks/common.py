@@ -71,5 +71,44 @@ class StepClock:
         return d[max(0, skip - 1):]
 
 
+def fit_timed(cfg, clock: StepClock, on_step=None):
+    """Fit ``cfg``'s run (seeded, weights loaded, no logger or checkpoints) with ``clock`` ticking at
+    the start of training and after every optimizer step; ``on_step(trainer)`` runs after each tick.
+    Returns the built components."""
+    import lightning as L
+
+    from distill.build import build_components
+    from distill.config import instantiate
+
+    class Tick(L.Callback):
+        def on_train_start(self, trainer, pl_module):
+            clock.tick()
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            clock.tick()
+            if on_step is not None:
+                on_step(trainer)
+
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    parts = build_components(cfg).load()
+    trainer = instantiate(cfg.trainer, "trainer", callbacks=[Tick()], logger=False, enable_checkpointing=False)
+    trainer.fit(parts.module, datamodule=parts.datamodule)
+    return parts
+
+
+def trl_tick(clock: StepClock):
+    """A ``transformers.TrainerCallback`` ticking ``clock`` where :func:`fit_timed` ticks it."""
+    from transformers import TrainerCallback
+
+    class Tick(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kw):
+            clock.tick()
+
+        def on_step_end(self, args, state, control, **kw):
+            clock.tick()
+
+    return Tick()
+
+
 def median(xs: list[float]) -> float:
     return statistics.median(xs) if xs else float("nan")

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import torch
 
-from common import StepClock, compose, machine, median  # noqa: E402  (sets sys.path)
+from common import StepClock, compose, fit_timed, machine, median, trl_tick  # noqa: E402  (sets sys.path)
 
 LR, WD, BETAS, WARMUP, CLIP = 3e-3, 0.1, (0.9, 0.95), 30, 1.0
 
@@ -77,25 +77,10 @@ class Setup:
 
 
 def run_distill(setup: Setup, total: int, clock: StepClock, generated: list) -> None:
-    import lightning as L
-
-    from distill.build import build_components
-    from distill.config import instantiate
-
-    class Tick(L.Callback):
-        def on_train_start(self, trainer, pl_module):
-            clock.tick()
-
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            clock.tick()
-            generated.append(float(trainer.callback_metrics.get("train/generated_tokens", float("nan"))))
-
     cfg = compose("train", [*setup.overrides, f"trainer.max_steps={total}", "trainer.log_every_n_steps=1"],
                   setup.out / "distill")
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    parts = build_components(cfg).load()
-    trainer = instantiate(cfg.trainer, "trainer", callbacks=[Tick()], logger=False, enable_checkpointing=False)
-    trainer.fit(parts.module, datamodule=parts.datamodule)
+    fit_timed(cfg, clock, on_step=lambda trainer: generated.append(
+        float(trainer.callback_metrics.get("train/generated_tokens", float("nan")))))
 
 
 def trl_collate(examples: list[dict], pad_id: int, prompt_tokens: int) -> dict:
@@ -111,15 +96,7 @@ def trl_collate(examples: list[dict], pad_id: int, prompt_tokens: int) -> dict:
 
 def run_trl(setup: Setup, total: int, clock: StepClock) -> None:
     from datasets import Dataset
-    from transformers import TrainerCallback
     from trl.experimental.gkd import GKDConfig, GKDTrainer
-
-    class Tick(TrainerCallback):
-        def on_train_begin(self, args, state, control, **kw):
-            clock.tick()
-
-        def on_step_end(self, args, state, control, **kw):
-            clock.tick()
 
     a = setup.args
     args = GKDConfig(
@@ -134,7 +111,7 @@ def run_trl(setup: Setup, total: int, clock: StepClock) -> None:
         trainer = GKDTrainer(model=setup.student(), teacher_model=setup.teacher(), args=args,
                              train_dataset=Dataset.from_list(setup.examples),
                              data_collator=partial(trl_collate, pad_id=setup.pad_id, prompt_tokens=a.prompt_tokens),
-                             processing_class=setup.tokenizer, callbacks=[Tick()])
+                             processing_class=setup.tokenizer, callbacks=[trl_tick(clock)])
         trainer.train()
 
 

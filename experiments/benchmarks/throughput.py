@@ -50,7 +50,7 @@ from pathlib import Path
 
 import torch
 
-from common import REPO, StepClock, compose, machine, median  # noqa: E402  (sets sys.path)
+from common import REPO, StepClock, compose, fit_timed, machine, median, trl_tick  # noqa: E402  (sets sys.path)
 
 LR, WD, BETAS, WARMUP, CLIP = 3e-3, 0.1, (0.9, 0.95), 30, 1.0
 
@@ -134,39 +134,16 @@ def run_minimal(setup: Setup, total: int, clock: StepClock) -> None:
 
 
 def run_distill(setup: Setup, total: int, clock: StepClock, extra: list[str] | None = None) -> None:
-    import lightning as L
-
-    from distill.build import build_components
-    from distill.config import instantiate
-
-    class Tick(L.Callback):
-        def on_train_start(self, trainer, pl_module):
-            clock.tick()
-
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            clock.tick()
-
     cfg = compose("train", [*setup.overrides, f"trainer.max_steps={total}", *(extra or [])], setup.out / "distill")
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    parts = build_components(cfg).load()
-    trainer = instantiate(cfg.trainer, "trainer", callbacks=[Tick()], logger=False, enable_checkpointing=False)
-    trainer.fit(parts.module, datamodule=parts.datamodule)
+    fit_timed(cfg, clock)
 
 
 def run_trl(setup: Setup, total: int, clock: StepClock) -> None:
-    from transformers import TrainerCallback
     from trl.experimental.gkd import GKDConfig, GKDTrainer
 
     from datasets import Dataset
 
     from distill.data.datamodule import collate
-
-    class Tick(TrainerCallback):
-        def on_train_begin(self, args, state, control, **kw):
-            clock.tick()
-
-        def on_step_end(self, args, state, control, **kw):
-            clock.tick()
 
     args = GKDConfig(
         output_dir=str(setup.out / "trl"), per_device_train_batch_size=setup.batch_size, max_steps=total,
@@ -181,7 +158,7 @@ def run_trl(setup: Setup, total: int, clock: StepClock) -> None:
         trainer = GKDTrainer(model=setup.student(), teacher_model=setup.teacher(), args=args,
                              train_dataset=Dataset.from_list(setup.examples),
                              data_collator=partial(collate, pad_id=setup.pad_id), processing_class=setup.tokenizer,
-                             callbacks=[Tick()])
+                             callbacks=[trl_tick(clock)])
     trainer.train()
 
 

@@ -20,6 +20,7 @@ import yaml
 
 from distill.build import build_components
 from distill.config import compose_config
+from distill.export import load_student
 from distill.losses import divergences as D
 from distill.losses import functional as LF
 
@@ -37,8 +38,7 @@ def measure(run_dir: Path, blocks: int) -> dict:
     teacher = parts.teacher
     teacher.to(torch.device("cpu"))
     fresh = {k: v.clone() for k, v in module.student.state_dict().items()}
-    state = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
-    trained = {k[len("student."):]: v for k, v in state.items() if k.startswith("student.")}
+    trained = load_student(run_dir)[0].state_dict()  # distill-export's rebuild from last.ckpt
     dm.setup("fit")
     out = {}
     for label, weights in (("init", fresh), ("final", trained)):

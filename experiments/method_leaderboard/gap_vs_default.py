@@ -23,29 +23,18 @@ issue's 55% goal as lines.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 from collections import defaultdict
 from pathlib import Path
 
-import yaml
-
+from distill.compare import load_local
 
 REFERENCE = "experiment=method_leaderboard loss=kd"
+SETTING_KEYS = ("experiment", "loss", "teacher.combine")
 
 
-def runs(root: Path) -> list[tuple[str, int, dict]]:
-    """``(setting, seed, summary)`` for each finished run under ``root`` with a baseline in its summary."""
-    out = []
-    for path in sorted(root.rglob("summary.json")):
-        summary = json.loads(path.read_text())
-        if "summary/baseline_loss" not in summary:
-            continue
-        overrides = yaml.safe_load((path.parent / ".hydra" / "overrides.yaml").read_text())
-        setting = " ".join(o for o in overrides if o.split("=")[0] in ("experiment", "loss", "teacher.combine"))
-        seed = int(next((o.split("=", 1)[1] for o in overrides if o.startswith("seed=")), 0))
-        out.append((setting, seed, summary))
-    return out
+def setting_of(params: dict[str, str]) -> str:
+    return " ".join(f"{k}={params[k]}" for k in SETTING_KEYS if k in params)
 
 
 def main() -> None:
@@ -53,15 +42,16 @@ def main() -> None:
     parser.add_argument("sweep", type=Path)
     parser.add_argument("--plot", type=Path, help="also draw the rows as a bar chart (PNG)")
     args = parser.parse_args()
-    found = runs(args.sweep)
-    single = [s["teacher"]["loss"] for k, _, s in found if "experiment=method_leaderboard " in k + " "]
+    # distill-compare's reader: final metrics plus summary/* from each run's summary.json
+    found = [r for r in load_local(args.sweep) if "summary/baseline_loss" in r.final]
+    single = [r.final["val/teacher_loss"] for r in found if r.params.get("experiment") == "method_leaderboard"]
     if not single:
         raise SystemExit(f"{args.sweep}: no finished experiment=method_leaderboard run to take the default teacher from")
     teacher = statistics.mean(single)
     rows: dict[str, dict[int, float]] = defaultdict(dict)
-    for setting, seed, s in found:
-        base, student = s["summary/baseline_loss"], s["student"]["loss"]
-        rows[setting][seed] = (base - student) / (base - teacher)
+    for r in found:
+        base, student = r.final["summary/baseline_loss"], r.final["val/loss"]
+        rows[setting_of(r.params)][int(r.params.get("seed", 0))] = (base - student) / (base - teacher)
     kd = rows.get(REFERENCE, {})
     print(f"default teacher held-out CE {teacher:.4f}\n")
     print("| setting | n | gap closed vs the default teacher | minus forward KL, same seed |\n|---|---|---|---|")

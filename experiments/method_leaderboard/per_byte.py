@@ -14,8 +14,9 @@ scale is ``(base - student) / (base - teacher)`` with ``base`` the CE-only run o
     python experiments/method_leaderboard/per_byte.py --teacher <teacher folder> \
         --runs <run dir> [<run dir> ...] [--blocks 256] [--json out.json]
 
-Each run directory is a finished ``distill-train`` run (``.hydra/overrides.yaml`` and
-``checkpoints/last.ckpt``); its student and tokenizer are rebuilt from its config.
+Each run directory is a finished ``distill-train`` run (``.hydra/config.yaml`` and
+``checkpoints/last.ckpt``); its student and tokenizer are rebuilt from its config, as
+``distill-export`` does.
 """
 
 from __future__ import annotations
@@ -26,20 +27,20 @@ import os
 from pathlib import Path
 
 import torch
-import yaml
+from omegaconf import OmegaConf
 
-from distill.build import build_components
-from distill.config import compose_config
+from distill.build import build_checked
+from distill.export import load_student
 from distill.losses import functional as LF
 
 
 def held_out_texts(run_dir: Path, blocks: int) -> list[str]:
     """The first ``blocks`` held-out blocks of ``run_dir``'s data, decoded with its tokenizer."""
-    cfg = compose_config("train", _overrides(run_dir), run_dir / "per_byte")
-    parts = build_components(cfg)
-    dm = parts.datamodule
-    examples = dm.examples("val")[:blocks]
-    return [dm.tokenizer.decode(ex["input_ids"], skip_special_tokens=True) for ex in examples]
+    cfg_path = run_dir / ".hydra" / "config.yaml"
+    if not cfg_path.exists():
+        raise FileNotFoundError(f"{cfg_path}: not a finished distill-train run directory")
+    dm = build_checked(OmegaConf.load(cfg_path)).datamodule
+    return [dm.tokenizer.decode(ex["input_ids"], skip_special_tokens=True) for ex in dm.examples("val")[:blocks]]
 
 
 @torch.no_grad()
@@ -60,25 +61,6 @@ def nats_per_byte(model: torch.nn.Module, tokenizer, texts: list[str]) -> dict[s
     return {"nats_per_byte": nats / nbytes, "nats_per_token": nats / ntokens, "tokens": ntokens, "bytes": nbytes}
 
 
-def student_of(run_dir: Path):
-    """The trained student of ``run_dir`` and its tokenizer."""
-    cfg = compose_config("train", _overrides(run_dir), run_dir / "per_byte")
-    parts = build_components(cfg).load()
-    state = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
-    weights = {k[len("student."):]: v for k, v in state.items() if k.startswith("student.")}
-    missing = parts.module.student.load_state_dict(weights, strict=False)
-    if missing.missing_keys:
-        raise RuntimeError(f"{run_dir}: last.ckpt lacks student weights {missing.missing_keys[:3]}")
-    return parts.module.student, parts.datamodule.tokenizer
-
-
-def _overrides(run_dir: Path) -> list[str]:
-    path = run_dir / ".hydra" / "overrides.yaml"
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: not a finished distill-train run directory")
-    return yaml.safe_load(path.read_text())
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--teacher", type=Path, required=True, help="teacher folder (holds its tokenizer)")
@@ -94,7 +76,8 @@ def main() -> None:
     results = {"teacher": nats_per_byte(AutoModelForCausalLM.from_pretrained(args.teacher),
                                         AutoTokenizer.from_pretrained(args.teacher), texts)}
     for run in args.runs:
-        results[str(run)] = nats_per_byte(*student_of(run), texts)
+        student, tokenizer, _ = load_student(run)  # distill-export's rebuild: the run's config + last.ckpt
+        results[str(run)] = nats_per_byte(student, tokenizer, texts)
         print(f"{run}: {results[str(run)]['nats_per_byte']:.4f} nats/byte", flush=True)
     print(json.dumps(results, indent=2))
     if args.json:

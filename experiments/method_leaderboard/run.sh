@@ -7,7 +7,7 @@
 # Knobs (environment):
 #   SEEDS    seeds to run, comma-separated (default 0,1,2)
 #   PARTS    which multiruns (default "1 2 3"; see below)
-#   LOSSES   part 1's losses (default: all twelve)
+#   LOSSES   part 1's losses (default: all fourteen)
 #   STEPS    optimizer steps (600, the default run)    THREADS  torch threads per run (1)
 #   SWEEP    sweep root (multirun/method_leaderboard)  COMPARE  0 skips the table at the end
 #   LEADERBOARD_TEACHER  part 3's teacher folder (default: the one part 1's runs loaded)
@@ -20,7 +20,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 SEEDS=${SEEDS:-0,1,2}
 PARTS=${PARTS:-1 2 3}
-LOSSES=${LOSSES:-kd,rkl,jsd,skl,srkl,tvd,akl,todi,uld,kd_confidence,kd_sekd,kd_focal}
+LOSSES=${LOSSES:-kd,rkl,jsd,skl,srkl,tvd,akl,todi,uld,hidden,attention,kd_confidence,kd_sekd,kd_focal}
 STEPS=${STEPS:-600}
 THREADS=${THREADS:-1}
 SWEEP=${SWEEP:-multirun/method_leaderboard}

@@ -19,7 +19,7 @@ from distill.evaluation.sources.api import AnthropicApi  # noqa: E402
 
 def _fake_module():
     """The API-teacher tests' fake server (its own module; earlier it lived in their conftest)."""
-    here = Path(__file__).resolve().parents[1] / "teachers" / "api"
+    here = Path(__file__).resolve().parents[1] / "teacher_data"
     path = here / "fake_anthropic.py"
     if not path.exists():
         path = here / "conftest.py"

@@ -1,7 +1,7 @@
 """The installed ``distill-teacher-data`` console script, started from a temporary directory.
 
 It used to fail from every directory with "Primary config module 'conf' not found" (a relative
-``config_path``); ``python -m distill.teachers.api.cli`` from the repository root hid that.
+``config_path``); ``python -m distill.teacher_data.cli`` from the repository root hid that.
 """
 
 from __future__ import annotations

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from distill.teachers.api.consistency import run_python_tests
-from distill.teachers.api.bugs import plant_bug
-from distill.teachers.api.catalogue import LANGUAGES, MODIFIERS, load_base_tasks
-from distill.teachers.api.code_files import extract_functions
-from distill.teachers.api.prompts import generate_prompts
-from distill.teachers.api.promptset import Prompt, prompt_id, read_prompts, write_prompts
+from distill.teacher_data.consistency import run_python_tests
+from distill.teacher_data.bugs import plant_bug
+from distill.teacher_data.catalogue import LANGUAGES, MODIFIERS, load_base_tasks
+from distill.teacher_data.code_files import extract_functions
+from distill.teacher_data.prompts import generate_prompts
+from distill.teacher_data.promptset import Prompt, prompt_id, read_prompts, write_prompts
 
 NO_FILES = {"base": 0.4, "algorithms": 0.3, "data_structures": 0.3, "code_files": 0.0}
 NO_FILES_CFG = {"seed": 1, "num_prompts": 20, "proportions": NO_FILES}
@@ -152,7 +152,7 @@ def test_default_preset_composes_and_uses_the_stdlib(tmp_path):
     from hydra.core.global_hydra import GlobalHydra
     from omegaconf import OmegaConf
 
-    conf_dir = str(Path(__file__).resolve().parents[3] / "conf")
+    conf_dir = str(Path(__file__).resolve().parents[2] / "conf")
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=conf_dir, version_base=None):
         cfg = compose("teacher_data", overrides=["prompts.num_prompts=40", "prompts.code_files.max_files=20"])
@@ -168,7 +168,7 @@ def test_every_prompt_and_client_preset_composes(preset, client):
     from hydra.core.global_hydra import GlobalHydra
 
     from distill.config import CONF_DIR
-    from distill.teachers.api.ratelimit import limits_from_config
+    from distill.teacher_data.ratelimit import limits_from_config
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
@@ -179,7 +179,7 @@ def test_every_prompt_and_client_preset_composes(preset, client):
 
 
 def test_rationale_format_appends_the_instruction_and_leaves_plain_ids_alone():
-    from distill.teachers.api.rationale import INSTRUCTION
+    from distill.teacher_data.rationale import INSTRUCTION
 
     plain = generate_prompts({**NO_FILES_CFG, "response_format": "plain"})
     again = generate_prompts(NO_FILES_CFG)

@@ -17,8 +17,8 @@ from __future__ import annotations
 import dataclasses
 import re
 
-from distill.teachers.api.promptset import Prompt
-from distill.teachers.api.syntax import extract_code_blocks
+from distill.teacher_data.promptset import Prompt
+from distill.teacher_data.syntax import extract_code_blocks
 
 RESPONSE_FORMATS = ("plain", "rationale")
 INSTRUCTION = ("Structure your reply in two parts. First, inside <rationale> and </rationale>, reason step by "

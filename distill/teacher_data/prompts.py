@@ -4,15 +4,15 @@ Why generated rather than hand-written: a distillation set wants thousands of va
 *mix* (task types, languages, difficulty) is a deliberate, tunable choice, and the same config and
 seed must always yield the same prompts so a rerun can resume against the results already paid for.
 
-Four families, mixed by ``proportions``, drawn from the :mod:`~distill.teachers.api.catalogue`:
+Four families, mixed by ``proportions``, drawn from the :mod:`~distill.teacher_data.catalogue`:
 
 * ``base`` - the shipped real tasks crossed with task types, languages and *modifiers*.
 * ``algorithms`` - algorithms x variants (iterative, recursive, generic, ...).
 * ``data_structures`` - data structures x operations.
-* ``code_files`` - functions cut out of a real source tree (:mod:`~distill.teachers.api.code_files`),
-  with a planted bug for "fix" prompts (:mod:`~distill.teachers.api.bugs`).
+* ``code_files`` - functions cut out of a real source tree (:mod:`~distill.teacher_data.code_files`),
+  with a planted bug for "fix" prompts (:mod:`~distill.teacher_data.bugs`).
 
-``response_format: rationale`` appends the instruction of :mod:`~distill.teachers.api.rationale`,
+``response_format: rationale`` appends the instruction of :mod:`~distill.teacher_data.rationale`,
 so the teacher reasons first and answers second in a form the parser can split.
 """
 
@@ -23,16 +23,16 @@ import random
 import sysconfig
 from typing import Any, Mapping
 
-from distill.teachers.api.bugs import plant_bug
-from distill.teachers.api.catalogue import (
+from distill.teacher_data.bugs import plant_bug
+from distill.teacher_data.catalogue import (
     ALGORITHM_VARIANTS, ALGORITHMS, CODE_TASK_TYPES, CODE_TEMPLATES, DATA_STRUCTURE_OPERATIONS, DATA_STRUCTURES,
     DIFFICULTIES, DIFFICULTY_HINT, DOC_STYLE, FAMILIES, FENCE, LANG_NAME, LANGUAGES, MODIFIERS, TASK_TYPES,
     TEMPLATES, TEST_FRAMEWORK, load_base_tasks,
 )
-from distill.teachers.api.code_files import extract_functions
-from distill.teachers.api.mix import pick, quota, weights
-from distill.teachers.api.promptset import Prompt
-from distill.teachers.api.rationale import RESPONSE_FORMATS, with_response_format
+from distill.teacher_data.code_files import extract_functions
+from distill.teacher_data.mix import pick, quota, weights
+from distill.teacher_data.promptset import Prompt
+from distill.teacher_data.rationale import RESPONSE_FORMATS, with_response_format
 
 log = logging.getLogger(__name__)
 

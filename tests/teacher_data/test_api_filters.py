@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from distill.teachers.api.consistency import evaluate_answer, rank_samples, sandbox_env
-from distill.teachers.api.filters import filter_file, filter_records, format_report, is_refusal
-from distill.teachers.api.syntax import check_syntax, extract_code_blocks
+from distill.teacher_data.consistency import evaluate_answer, rank_samples, sandbox_env
+from distill.teacher_data.filters import filter_file, filter_records, format_report, is_refusal
+from distill.teacher_data.syntax import check_syntax, extract_code_blocks
 
 VALID = {
     "python": "from dataclasses import dataclass\n\n@dataclass\nclass P:\n    x: int\n\n"

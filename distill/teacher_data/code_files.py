@@ -10,7 +10,7 @@ import random
 from pathlib import Path
 from typing import Iterable
 
-from distill.teachers.api.catalogue import LANGUAGES
+from distill.teacher_data.catalogue import LANGUAGES
 
 EXTENSIONS = {".py": "python", ".js": "javascript", ".mjs": "javascript", ".java": "java", ".cpp": "cpp",
               ".cc": "cpp", ".cxx": "cpp", ".hpp": "cpp", ".go": "go", ".rs": "rust"}
@@ -42,7 +42,7 @@ def _python_functions(text: str) -> list[tuple[str, str]]:
 
 
 def _ts_functions(text: str, language: str) -> list[tuple[str, str]]:
-    from distill.teachers.api.syntax import ts_parser
+    from distill.teacher_data.syntax import ts_parser
 
     parser = ts_parser(language)
     if parser is None:

@@ -14,10 +14,10 @@ import pytest
 
 from distill.data.chat import MultiTaskChatSource
 from distill.losses.functional import IGNORE_INDEX
-from distill.teachers.api import rationale
-from distill.teachers.api.filters import filter_records
-from distill.teachers.api.prompts import generate_prompts
-from distill.teachers.api.promptset import write_prompts
+from distill.teacher_data import rationale
+from distill.teacher_data.filters import filter_records
+from distill.teacher_data.prompts import generate_prompts
+from distill.teacher_data.promptset import write_prompts
 
 from fake_anthropic import TEST_KEY, FakeAnthropic, compose_teacher_cfg, api_key_set
 from test_api_e2e import tokenizer_from
@@ -29,7 +29,7 @@ PROMPTS_CFG = {"seed": 3, "num_prompts": 10, "languages": {"python": 1.0}, "resp
 
 @pytest.fixture(scope="module")
 def multi_run(tmp_path_factory):
-    from distill.teachers.api.cli import run
+    from distill.teacher_data.cli import run
 
     out = tmp_path_factory.mktemp("multi")
     prompts = generate_prompts(PROMPTS_CFG)
@@ -101,7 +101,7 @@ def test_per_model_acceptance_and_cost_per_accepted_answer(multi_run):
 
 
 def test_dataset_report_is_written_by_all_and_by_stage_report(multi_run):
-    from distill.teachers.api.cli import run
+    from distill.teacher_data.cli import run
 
     out, result, _ = multi_run
     md = (out / "dataset_report.md").read_text()
@@ -125,7 +125,7 @@ def test_dataset_report_is_written_by_all_and_by_stage_report(multi_run):
 
 
 def test_report_before_filter_is_a_clear_error(tmp_path):
-    from distill.teachers.api.report import write_report
+    from distill.teacher_data.report import write_report
 
     with pytest.raises(FileNotFoundError, match="run stage=filter"):
         write_report(tmp_path)

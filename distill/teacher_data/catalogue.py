@@ -3,7 +3,7 @@
 Languages, task types, difficulties and the four prompt families; the phrasing templates and
 modifiers; the algorithm and data-structure subjects; and the shipped base tasks
 (``data/base_tasks.json``, each with a Python reference solution and asserts). Data only - turning
-it into prompts is :mod:`distill.teachers.api.prompts`.
+it into prompts is :mod:`distill.teacher_data.prompts`.
 """
 
 from __future__ import annotations

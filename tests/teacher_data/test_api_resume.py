@@ -13,15 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from distill.teachers.api.store import CorruptStoreError, ResultStore, StoreLockedError, read_jsonl
+from distill.teacher_data.store import CorruptStoreError, ResultStore, StoreLockedError, read_jsonl
 
 from api_teacher_helpers import max_in_window
 
-REPO = Path(__file__).resolve().parents[3]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _cli(out: Path, url: str, extra=(), rpm: float = 60000, period_s: float = 60) -> list[str]:
-    return [sys.executable, "-m", "distill.teachers.api.cli", f"out_dir={out}", f"client.base_url={url}",
+    return [sys.executable, "-m", "distill.teacher_data.cli", f"out_dir={out}", f"client.base_url={url}",
             "teacher_data/prompts=small", "prompts.num_prompts=30", "client.concurrency=3", "progress=false",
             "client.backoff_base_s=0.05", "sampling.max_tokens=256", f"client.requests_per_minute={rpm}",
             f"client.rate_period_s={period_s}", "client.input_tokens_per_minute=null",

@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from distill.teachers.api.ratelimit import (
+from distill.teacher_data.ratelimit import (
     LimiterPool, Limits, RateLimiter, StateLog, TokenBucket, limits_from_config, replay,
 )
 

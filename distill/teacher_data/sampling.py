@@ -1,7 +1,7 @@
 """What to ask the teacher and how: sampling settings, the work keys, and one request's body.
 
-Shared by the Messages path (:mod:`~distill.teachers.api.generate`) and the Message Batches path
-(:mod:`~distill.teachers.api.batches`), which is why it lives below both: neither imports the other.
+Shared by the Messages path (:mod:`~distill.teacher_data.generate`) and the Message Batches path
+(:mod:`~distill.teacher_data.batches`), which is why it lives below both: neither imports the other.
 
 A unit of work is a :data:`Key` ``(prompt_id, sample_idx, model)``. With ``sampling.models`` set,
 several teachers answer every prompt (multi-teacher data); each record names the model it came
@@ -14,7 +14,7 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from distill.teachers.api.promptset import Prompt
+from distill.teacher_data.promptset import Prompt
 
 Key = tuple[str, int, str]
 

@@ -450,7 +450,7 @@ class FakeAnthropic:
         return Handler
 
 
-CONF_DIR = str(__import__("pathlib").Path(__file__).resolve().parents[3] / "conf")
+CONF_DIR = str(__import__("pathlib").Path(__file__).resolve().parents[2] / "conf")
 
 
 def compose_teacher_cfg(out_dir, base_url: str, overrides=()):

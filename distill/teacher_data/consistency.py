@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 from distill.evaluation.sandbox import SandboxConfig, run_programs, scrubbed_env
-from distill.teachers.api.syntax import check_blocks, extract_code_blocks
+from distill.teacher_data.syntax import check_blocks, extract_code_blocks
 
 # Runs inside the child: the answer's code as module ``solution``, then the tests in the same
 # namespace, then every zero-argument ``test_*`` function. Prints one JSON line.

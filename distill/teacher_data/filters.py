@@ -36,11 +36,11 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from distill.teachers.api import rationale
-from distill.teachers.api.catalogue import CODE_TASK_TYPES
-from distill.teachers.api.consistency import rank_samples
-from distill.teachers.api.store import read_jsonl
-from distill.teachers.api.syntax import check_blocks, extract_code_blocks
+from distill.teacher_data import rationale
+from distill.teacher_data.catalogue import CODE_TASK_TYPES
+from distill.teacher_data.consistency import rank_samples
+from distill.teacher_data.store import read_jsonl
+from distill.teacher_data.syntax import check_blocks, extract_code_blocks
 
 log = logging.getLogger(__name__)
 

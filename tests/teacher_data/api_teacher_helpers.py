@@ -7,12 +7,12 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from distill.teachers.api.client import RetryPolicy, TeacherClient
-from distill.teachers.api.generate import Generator
-from distill.teachers.api.pricing import PriceTable
-from distill.teachers.api.promptset import Prompt
-from distill.teachers.api.ratelimit import LimiterPool, Limits
-from distill.teachers.api.sampling import Sampling
+from distill.teacher_data.client import RetryPolicy, TeacherClient
+from distill.teacher_data.generate import Generator
+from distill.teacher_data.pricing import PriceTable
+from distill.teacher_data.promptset import Prompt
+from distill.teacher_data.ratelimit import LimiterPool, Limits
+from distill.teacher_data.sampling import Sampling
 
 PRICES = PriceTable({"claude-sonnet-4-5": {"input": 3.0, "output": 15.0, "cache_write": 3.75, "cache_read": 0.30},
                     "claude-haiku-4-5": {"input": 1.0, "output": 5.0}, "claude-opus-4-5": {"input": 5.0, "output": 25.0}})

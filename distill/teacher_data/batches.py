@@ -19,9 +19,9 @@ import logging
 from pathlib import Path
 from typing import Any, Mapping
 
-from distill.teachers.api.client import message_to_dict
-from distill.teachers.api.sampling import Key, custom_id, request_params
-from distill.teachers.api.store import append_jsonl
+from distill.teacher_data.client import message_to_dict
+from distill.teacher_data.sampling import Key, custom_id, request_params
+from distill.teacher_data.store import append_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ async def _collect(gen: Any, batch_id: str, keys: list[Key]) -> None:
 async def run_batches(gen: Any, pending: list[Key], cfg: Mapping[str, Any]) -> None:
     """Submit ``pending`` (what no open batch covers), then poll and collect every open batch.
 
-    ``gen`` is the :class:`~distill.teachers.api.generate.Generator` of the run (not imported here:
+    ``gen`` is the :class:`~distill.teacher_data.generate.Generator` of the run (not imported here:
     the generator calls this module, never the other way round).
     """
     max_per_batch = int(cfg.get("max_requests_per_batch", 10000))

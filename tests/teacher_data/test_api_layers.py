@@ -5,20 +5,20 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-PKG = Path(__file__).resolve().parents[3] / "distill" / "teachers" / "api"
+PKG = Path(__file__).resolve().parents[2] / "distill" / "teacher_data"
 
 
 def api_imports(path: Path) -> set[str]:
-    """Every ``distill.teachers.api.<module>`` a file imports, inside functions too."""
+    """Every ``distill.teacher_data.<module>`` a file imports, inside functions too."""
     out = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom) and node.module:
-            if node.module == "distill.teachers.api":
+            if node.module == "distill.teacher_data":
                 out |= {a.name for a in node.names}
-            elif node.module.startswith("distill.teachers.api."):
-                out.add(node.module.split(".")[3])
+            elif node.module.startswith("distill.teacher_data."):
+                out.add(node.module.split(".")[2])
         elif isinstance(node, ast.Import):
-            out |= {a.name.split(".")[3] for a in node.names if a.name.startswith("distill.teachers.api.")}
+            out |= {a.name.split(".")[2] for a in node.names if a.name.startswith("distill.teacher_data.")}
     return out
 
 

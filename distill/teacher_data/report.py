@@ -18,8 +18,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Mapping
 
-from distill.teachers.api.filters import REASONS, REJECTED
-from distill.teachers.api.store import read_jsonl
+from distill.teacher_data.filters import REASONS, REJECTED
+from distill.teacher_data.store import read_jsonl
 
 MARKDOWN = "dataset_report.md"
 PNG = "dataset_report.png"

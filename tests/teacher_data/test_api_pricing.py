@@ -9,9 +9,9 @@ from omegaconf import OmegaConf
 
 from pathlib import Path
 
-from distill.teachers.api.pricing import CostTracker, PriceTable
+from distill.teacher_data.pricing import CostTracker, PriceTable
 
-CONF = str(Path(__file__).resolve().parents[3] / "conf")
+CONF = str(Path(__file__).resolve().parents[2] / "conf")
 
 
 def shipped() -> PriceTable:

@@ -40,7 +40,7 @@ def teacher_cfg():
 @pytest.fixture(scope="module")
 def teacher_dataset(tmp_path_factory):
     """A filtered set made once per module: local server -> 24 answers -> filters (real CLI code)."""
-    from distill.teachers.api.cli import run
+    from distill.teacher_data.cli import run
 
     server = FakeAnthropic().start()
     try:

@@ -1,13 +1,13 @@
 """Collect ``n`` teacher answers per prompt into ``results.jsonl``, resumably and within budget.
 
-Work is a set of keys ``(prompt_id, sample_idx, model)`` (:mod:`~distill.teachers.api.sampling`); the results file is the single source of truth
+Work is a set of keys ``(prompt_id, sample_idx, model)`` (:mod:`~distill.teacher_data.sampling`); the results file is the single source of truth
 for which keys are done. A run computes ``pending = all keys - done``, sends them (Messages API
 with a worker pool, or Message Batches), and appends each answer the moment it arrives. So a rerun
 after a crash, a Ctrl-C or a budget stop sends exactly the missing keys, and no key is ever stored
 twice.
 
 Each answer is parsed as it arrives when its prompt asked for a rationale
-(:mod:`~distill.teachers.api.rationale`), so the record keeps ``rationale`` and ``answer`` as
+(:mod:`~distill.teacher_data.rationale`), so the record keeps ``rationale`` and ``answer`` as
 fields of their own. The client's rate-limiter state is kept in the output folder and replayed by
 the next run, so a restart right after a crash stays within the limits.
 
@@ -27,14 +27,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping
 
-from distill.teachers.api import rationale
-from distill.teachers.api.batches import run_batches
-from distill.teachers.api.client import FatalAPIError, RequestFailed, TeacherClient, estimate_tokens
-from distill.teachers.api.pricing import CostTracker, PriceTable
-from distill.teachers.api.promptset import Prompt
-from distill.teachers.api.ratelimit import state_path
-from distill.teachers.api.sampling import Key, Sampling, prompt_meta, request_params
-from distill.teachers.api.store import ResultStore, append_jsonl
+from distill.teacher_data import rationale
+from distill.teacher_data.batches import run_batches
+from distill.teacher_data.client import FatalAPIError, RequestFailed, TeacherClient, estimate_tokens
+from distill.teacher_data.pricing import CostTracker, PriceTable
+from distill.teacher_data.promptset import Prompt
+from distill.teacher_data.ratelimit import state_path
+from distill.teacher_data.sampling import Key, Sampling, prompt_meta, request_params
+from distill.teacher_data.store import ResultStore, append_jsonl
 
 log = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from distill.teachers.api.cli import GenerationIncomplete, run
-from distill.teachers.api.pricing import PriceTable
+from distill.teacher_data.cli import GenerationIncomplete, run
+from distill.teacher_data.pricing import PriceTable
 
 from api_teacher_helpers import PRICES, files_contain, generator, go, keys_of, make_prompts, records
 

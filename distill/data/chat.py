@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from distill.data.conventions import end_of_turn_id
 from distill.losses.functional import IGNORE_INDEX
 from distill.jsonl import iter_jsonl
 
@@ -69,8 +70,14 @@ def _encode(tokenizer, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def encode_pair(tokenizer, prompt: str, completion: str, system: str | None = None) -> tuple[list[int], list[int], bool]:
-    """``(input_ids, labels, used_template)`` for one pair, before any length handling."""
+def encode_pair(tokenizer, prompt: str, completion: str, system: str | None = None,
+                eot_id: int | None = None) -> tuple[list[int], list[int], bool]:
+    """``(input_ids, labels, used_template)`` for one pair, before any length handling.
+
+    Labels run through the template's end-of-turn token and stop there: what a template writes
+    after it (ChatML's ``\n``) belongs to the next turn, and generation stops before it.
+    ``eot_id`` is :func:`distill.data.conventions.end_of_turn_id` (computed when not given).
+    """
     if _has_template(tokenizer):
         merge = False
         try:
@@ -82,7 +89,12 @@ def encode_pair(tokenizer, prompt: str, completion: str, system: str | None = No
         if full_text.startswith(prompt_text) and len(full_text) > len(prompt_text):
             p_ids = _encode(tokenizer, prompt_text)
             a_ids = _encode(tokenizer, full_text[len(prompt_text):])
-            return p_ids + a_ids, [IGNORE_INDEX] * len(p_ids) + a_ids, True
+            eot = end_of_turn_id(tokenizer) if eot_id is None else eot_id
+            labels = list(a_ids)
+            if eot in a_ids:
+                end = len(a_ids) - a_ids[::-1].index(eot)  # just past the answer's end-of-turn token
+                labels[end:] = [IGNORE_INDEX] * (len(a_ids) - end)
+            return p_ids + a_ids, [IGNORE_INDEX] * len(p_ids) + labels, True
         # A template that rewrites history (e.g. drops reasoning) breaks the prefix property:
         # fall back to prompt + answer + EOS, which is still what generation will produce.
         p_ids = _encode(tokenizer, prompt_text)
@@ -186,10 +198,13 @@ class ChatPairsSource:
                 st: dict[str, int]) -> dict[str, list[int]] | None:
         """One encoded pair after the ``overlong`` rule (``None`` if dropped), counted into ``st``."""
         st["records"] += 1
-        ids, labels, templated = encode_pair(tokenizer, prompt, completion, system)
+        eots = self.__dict__.setdefault("_eot_ids", {})  # one template render per tokenizer, not per pair
+        if id(tokenizer) not in eots:
+            eots[id(tokenizer)] = end_of_turn_id(tokenizer)
+        ids, labels, templated = encode_pair(tokenizer, prompt, completion, system, eots[id(tokenizer)])
         st["template" if templated else "fallback_format"] += 1
         if len(ids) > max_length:
-            n_prompt = sum(1 for x in labels if x == IGNORE_INDEX)
+            n_prompt = next((i for i, x in enumerate(labels) if x != IGNORE_INDEX), len(labels))  # the masked prompt
             if self.overlong == "drop":
                 st["dropped_overlong"] += 1
                 return None

@@ -21,6 +21,8 @@ import sysconfig
 from pathlib import Path
 from typing import Iterator
 
+from distill.data.conventions import document_tokens
+
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val")
@@ -35,6 +37,28 @@ def _is_val(name: str, val_fraction: float) -> bool:
     """Deterministic split by file name: the same on every machine and Python run."""
     h = int(hashlib.sha1(name.encode()).hexdigest()[:8], 16)
     return (h % 10_000) < val_fraction * 10_000
+
+
+def held_out(names: list[str], val_fraction: float, min_docs: int, config_key: str = "data.source") -> list[bool]:
+    """Which documents are held out: the hash split of :func:`_is_val`, enlarged to ``min_docs``.
+
+    A hash split of a small folder can hold out one file (34 files at 5%: 1 file, 255 tokens), and
+    every held-out figure of the run then rests on it. Enlarging takes the documents with the
+    smallest hashes, the ones the split would add first as ``val_fraction`` grows, so it stays
+    deterministic and a superset of the plain split.
+    """
+    flags = [_is_val(n, val_fraction) for n in names]
+    if sum(flags) >= min_docs:
+        return flags
+    if len(names) - min_docs < 1:
+        raise ValueError(f"{config_key}: {len(names)} documents are too few to hold out {min_docs} for validation "
+                         f"({config_key}.min_val_docs) and train on the rest: point {config_key}.val at separate "
+                         "held-out data, lower min_val_docs, or add documents")
+    rank = sorted(range(len(names)), key=lambda i: (int(hashlib.sha1(names[i].encode()).hexdigest()[:8], 16) % 10_000, i))
+    chosen = set(rank[:min_docs])
+    log.warning("%s: the %.0f%% hash split held out %d of %d documents; held out %d instead (min_val_docs)",
+                config_key, 100 * val_fraction, sum(flags), len(names), min_docs)
+    return [i in chosen for i in range(len(names))]
 
 
 def stdlib_files(root: Path | None = None, exclude_dirs: tuple[str, ...] = ("test", "tests", "idlelib",
@@ -74,13 +98,16 @@ def read_stdlib_texts(split: str, val_fraction: float = 0.05, max_chars: int | N
     return texts
 
 
-def pack(token_lists: list[list[int]], block: int, eos_id: int | None) -> list[dict]:
-    """Concatenate documents (separated by EOS) and cut into ``block``-token examples.
+def pack(token_lists: list[list[int]], block: int, eos_id: int | None, bos_id: int | None = None) -> list[dict]:
+    """Concatenate documents (each ``[bos] + ids + [eos]``, framed as the tokenizer's family frames
+    them, see :func:`distill.data.conventions.document_tokens`) and cut into ``block``-token examples.
 
     Packing wastes no compute on padding; the remainder shorter than a block is dropped.
     """
     stream: list[int] = []
     for ids in token_lists:
+        if bos_id is not None:
+            stream.append(bos_id)
         stream.extend(ids)
         if eos_id is not None:
             stream.append(eos_id)
@@ -132,14 +159,16 @@ class _TextSource:
     def examples(self, split: str, tokenizer, max_length: int) -> list[dict]:
         cache = None
         if self.cache_dir and self.fingerprint(split):
-            key = hashlib.sha1(json.dumps([self.fingerprint(split), _tokenizer_fingerprint(tokenizer),
-                                           max_length]).encode()).hexdigest()[:16]
+            framing = document_tokens(tokenizer)
+            key = hashlib.sha1(json.dumps([self.fingerprint(split), _tokenizer_fingerprint(tokenizer), max_length,
+                                           [framing.bos_id, framing.eos_id]]).encode()).hexdigest()[:16]
             cache = Path(self.cache_dir) / f"{type(self).__name__}-{split}-{key}.json"
             if cache.exists():
                 return json.loads(cache.read_text())
         texts = self.texts(split)
         ids = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
-        examples = pack(ids, max_length, tokenizer.eos_token_id)
+        framing = document_tokens(tokenizer)
+        examples = pack(ids, max_length, framing.eos_id, framing.bos_id)
         if cache is not None:
             cache.parent.mkdir(parents=True, exist_ok=True)
             tmp = cache.with_suffix(".tmp")
@@ -196,9 +225,11 @@ class TextFiles(_TextSource):
     """
 
     def __init__(self, train: str, val: str | None = None, glob: str = "**/*.py", text_field: str = "text",
-                 val_fraction: float = 0.05, max_chars: int | None = None, cache_dir: str | None = None):
+                 val_fraction: float = 0.05, max_chars: int | None = None, cache_dir: str | None = None,
+                 min_val_docs: int = 8):
         self.train, self.val, self.glob, self.text_field = train, val, glob, text_field
         self.val_fraction, self.max_chars, self.cache_dir = val_fraction, max_chars, cache_dir
+        self.min_val_docs = int(min_val_docs)
 
     def _read(self, path: str) -> list[str]:
         p = Path(path)
@@ -214,8 +245,8 @@ class TextFiles(_TextSource):
         if self.val is not None:
             return cap_chars(self._read(self.train if split == "train" else self.val), self.max_chars)
         docs = self._read(self.train)
-        return cap_chars([d for i, d in enumerate(docs) if _is_val(str(i), self.val_fraction) == (split == "val")],
-                         self.max_chars)
+        val = held_out([str(i) for i in range(len(docs))], self.val_fraction, self.min_val_docs)
+        return cap_chars([d for d, v in zip(docs, val) if v == (split == "val")], self.max_chars)
 
 
 class HFDataset(_TextSource):
@@ -234,8 +265,9 @@ class HFDataset(_TextSource):
     def __init__(self, path: str, name: str | None = None, train_split: str = "train",
                  val_split: str | None = "validation", text_field: str = "text", val_fraction: float = 0.05,
                  max_rows: int | None = None, max_chars: int | None = None, cache_dir: str | None = None,
-                 data_files: str | list | dict | None = None):
+                 data_files: str | list | dict | None = None, min_val_docs: int = 8):
         self.path, self.name, self.train_split, self.val_split = path, name, train_split, val_split
+        self.min_val_docs = int(min_val_docs)
         if data_files is not None and not isinstance(data_files, (str, list, dict)):
             from omegaconf import OmegaConf  # a ListConfig / DictConfig from the config
 
@@ -261,7 +293,8 @@ class HFDataset(_TextSource):
                            f"(columns: {ds.column_names})")
         rows = ds[self.text_field][: self.max_rows] if self.max_rows else ds[self.text_field]
         if self.val_split is None:
-            rows = [r for i, r in enumerate(rows) if _is_val(str(i), self.val_fraction) == (split == "val")]
+            val = held_out([str(i) for i in range(len(rows))], self.val_fraction, self.min_val_docs)
+            rows = [r for r, v in zip(rows, val) if v == (split == "val")]
         return cap_chars(list(rows), self.max_chars)
 
 

@@ -43,11 +43,13 @@ def test_chat_template_masks_exactly_the_prompt_and_trains_the_end_of_turn():
     ids, labels, templated = encode_pair(tok, "Write add", ANSWER, system="Be brief.")
     assert templated and len(ids) == len(labels)
     n_prompt = labels.index(next(l for l in labels if l != IGNORE_INDEX))
-    assert all(l == IGNORE_INDEX for l in labels[:n_prompt]) and all(l != IGNORE_INDEX for l in labels[n_prompt:])
+    n_answer = len(labels) - n_prompt - 1  # the template's "\n" after <|im_end|> belongs to the next turn
+    assert all(l == IGNORE_INDEX for l in labels[:n_prompt]) and all(l != IGNORE_INDEX for l in labels[n_prompt:-1])
     assert tok.decode(ids[:n_prompt]) == format_prompt(tok, "Write add", "Be brief.")
     assert tok.decode(ids[:n_prompt]).endswith("<|im_start|>assistant\n")
-    assert answer_text(tok, ids, labels) == ANSWER + "<|im_end|>\n"  # the student learns to stop
-    assert labels[n_prompt:] == ids[n_prompt:]
+    assert answer_text(tok, ids, labels) == ANSWER + "<|im_end|>"  # the student learns to stop, and no further
+    assert labels[n_prompt:n_prompt + n_answer] == ids[n_prompt:n_prompt + n_answer]
+    assert labels[-1] == IGNORE_INDEX and tok.decode(ids[-1:]) == "\n"
 
 
 def test_fallback_format_when_the_tokenizer_has_no_template():
@@ -128,7 +130,9 @@ def test_prompt_tokens_carry_no_loss_and_answer_tokens_do(tmp_path):
                                          max_position_embeddings=256))
     ids = torch.tensor([ex[0]["input_ids"]])
     labels = torch.tensor([ex[0]["labels"]])
-    n_prompt = int((labels[0] == IGNORE_INDEX).sum())
+    n_prompt = int((labels[0] == IGNORE_INDEX).sum()) - 1  # the masked prompt; the last mask is the turn's "\n"
+    assert labels[0, -1] == IGNORE_INDEX
+    ids, labels = ids[:, :-1], labels[:, :-1]  # the answer through <|im_end|>
 
     out = model(input_ids=ids)
     logits = out.logits

@@ -24,7 +24,7 @@ from distill.data.vocab import same_vocabulary
 from distill.evaluation.heldout import HeldoutSettings, evaluate_heldout, load_texts
 from distill.evaluation.report import write_report
 from distill.evaluation.runner import evaluate_model
-from distill.evaluation.sandbox import Sandbox, SandboxConfig
+from distill.sandbox import Sandbox, SandboxConfig
 from distill.config import app_errors, prepare_app
 
 log = logging.getLogger(__name__)

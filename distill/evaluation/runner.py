@@ -32,7 +32,7 @@ from distill.evaluation.model_config import EvalModelConfig
 from distill.evaluation.settings import CompletionSource, GenerationSettings
 from distill.evaluation.passk import per_task_pass_at_k, summarize_pass_at_k
 from distill.evaluation.postprocess import make_completion
-from distill.evaluation.sandbox import ExecResult, Sandbox
+from distill.sandbox import ExecResult, Sandbox
 from distill.config import ConfigError
 from distill.jsonl import read_jsonl
 

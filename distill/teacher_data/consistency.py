@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from distill.evaluation.sandbox import SandboxConfig, run_programs, scrubbed_env
+from distill.sandbox import SandboxConfig, run_programs, scrubbed_env
 from distill.teacher_data.syntax import check_blocks, extract_code_blocks
 
 # Runs inside the child: the answer's code as module ``solution``, then the tests in the same

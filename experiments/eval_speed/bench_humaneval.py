@@ -28,7 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from distill.evaluation.benchmarks import load_humaneval  # noqa: E402
-from distill.evaluation.sandbox import Sandbox, SandboxConfig  # noqa: E402
+from distill.sandbox import Sandbox, SandboxConfig  # noqa: E402
 
 
 def cpu_seconds() -> float:

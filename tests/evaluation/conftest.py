@@ -9,7 +9,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 from distill.evaluation.cli import CONF_DIR
-from distill.evaluation.sandbox import Sandbox, SandboxConfig
+from distill.sandbox import Sandbox, SandboxConfig
 
 REPO = Path(__file__).resolve().parents[2]
 MBPP_JSONL = REPO.parent / "shared" / "data" / "mbpp" / "mbpp.jsonl"

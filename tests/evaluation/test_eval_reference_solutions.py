@@ -22,7 +22,7 @@ from __future__ import annotations
 import pytest
 
 from distill.evaluation.benchmarks import load_humaneval, load_mbpp
-from distill.evaluation.sandbox import Sandbox, SandboxConfig
+from distill.sandbox import Sandbox, SandboxConfig
 
 MBPP_KNOWN_BAD_TESTS = {"Mbpp/341", "Mbpp/596", "Mbpp/642"}
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from distill.evaluation.sandbox import ExecResult, Sandbox, SandboxConfig, run_programs
+from distill.sandbox import ExecResult, Sandbox, SandboxConfig, run_programs
 
 MARK = "987654321"  # a unique argument to find leftover processes by
 

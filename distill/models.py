@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
 
+from distill.config import ConfigError
+from distill.gguf_import import converted_folder, installed_gguf, is_gguf
 from distill.types import ModelInfo
 
 log = logging.getLogger(__name__)
@@ -55,32 +57,78 @@ class ModelSpec:
         lora: LoRA settings, or None for a full fine-tune.
         gradient_checkpointing: trade compute for activation memory.
         trust_remote_code: passed to ``from_pretrained``.
+        gguf_file: a llama.cpp ``.gguf`` file (a ``name_or_path`` ending in ``.gguf`` is the same). It is
+            converted once into a Hugging Face folder in the cache, keyed by its content
+            (:mod:`distill.gguf_import`), the first time its config, tokenizer or weights are needed;
+            ``name_or_path`` and ``tokenizer`` then name that folder.
+        installed: ``{package, file, fallback}``: a GGUF file shipped in an installed Python package
+            (:func:`distill.gguf_import.installed_gguf`), else the hub id ``fallback``. Used only when
+            ``name_or_path`` and ``gguf_file`` are unset, so an override of either wins.
+        role: "student", "teacher" or "model"; a student is built in train mode.
     """
+
+    #: What was cut from the teacher to make this model (:class:`distill.pruned.PrunedSpec`); None here.
+    pruning_record: dict | None = None
 
     def __init__(self, name_or_path: str | None = None, config: dict | None = None, tokenizer: str | None = None,
                  tokenizer_build: dict | None = None, dtype: str = "float32", quantization: str | None = None,
                  lora: dict | None = None, gradient_checkpointing: bool = False, trust_remote_code: bool = False,
-                 role: str = "model"):
-        if name_or_path is None and config is None:
+                 gguf_file: str | None = None, installed: dict | None = None, role: str = "model"):
+        if name_or_path is None and gguf_file is None and installed:
+            name_or_path = installed_gguf(**installed)
+        if is_gguf(name_or_path):
+            if gguf_file is not None:
+                raise ConfigError(f"{role}: name_or_path={name_or_path!r} is a GGUF file and gguf_file={gguf_file!r} "
+                                  "names another; set one of them")
+            name_or_path, gguf_file = None, name_or_path
+        # Converted lazily (name_or_path below): instantiating a spec stays cheap.
+        self.gguf_file = str(gguf_file) if gguf_file is not None else None
+        if name_or_path is None and config is None and gguf_file is None:
             raise ValueError(f"{role}: set name_or_path (hub id or local folder) or config (to build from scratch)")
         if dtype not in DTYPES:
             raise ValueError(f"{role}.dtype: unknown {dtype!r}; use one of {sorted(DTYPES)}")
         if quantization not in (None, "4bit", "8bit"):
             raise ValueError(f"{role}.quantization: unknown {quantization!r}; use null, '4bit' or '8bit'")
-        self.name_or_path, self.config_kwargs, self.role = name_or_path, dict(config) if config else None, role
+        self._name_or_path, self.config_kwargs, self.role = name_or_path, dict(config) if config else None, role
         # None for a model built from config: the run's tokenizer (the student's, trained from
         # ``tokenizer_build`` when needed); distill.build fills in the folder it loaded.
-        self.tokenizer = tokenizer or name_or_path
+        self._tokenizer = tokenizer
         self.tokenizer_build = dict(tokenizer_build) if tokenizer_build else None
         self.dtype, self.quantization = dtype, quantization
         self.lora = LoraSettings(**lora) if lora else None
         self.gradient_checkpointing, self.trust_remote_code = gradient_checkpointing, trust_remote_code
 
+    # ----------------------------------------------------------------- where the model is
+    @property
+    def name_or_path(self) -> str | None:
+        """Hub id or folder; for a GGUF file, its converted folder (converted on first access)."""
+        if self._name_or_path is None and self.gguf_file is not None:
+            self._name_or_path = str(converted_folder(self.gguf_file, f"{self.role}.gguf_file"))
+        return self._name_or_path
+
+    @name_or_path.setter
+    def name_or_path(self, value: str | None) -> None:
+        self._name_or_path = value
+
+    @property
+    def tokenizer(self) -> str | None:
+        """Tokenizer id or folder: the one set, else the model's own (a GGUF file's converted folder)."""
+        return self._tokenizer or self.name_or_path
+
+    @tokenizer.setter
+    def tokenizer(self, value: str | None) -> None:
+        self._tokenizer = value
+
+    def prepare(self, datamodule) -> None:
+        """One-off work that needs the run's data before the weights are built (a pruned student
+        ranks the teacher's layers on it); nothing for a model loaded or built as it is."""
+
     # ----------------------------------------------------------------- config-only facts
     @property
     def from_scratch(self) -> bool:
         """True when the weights come from ``config`` (random init) rather than a checkpoint."""
-        return self.config_kwargs is not None and not (self.name_or_path and Path(self.name_or_path).exists())
+        return self.config_kwargs is not None and self.gguf_file is None and not (
+            self._name_or_path and Path(self._name_or_path).exists())
 
     def hf_config(self) -> PretrainedConfig:
         """The model's config, read without weights (local folder, hub cache, or ``config``)."""
@@ -128,6 +176,12 @@ class ModelSpec:
                 # need not require grad and reentrant checkpointing would give the adapters no
                 # gradient. Recent peft does this itself; older versions and other paths do not.
                 model.enable_input_require_grads()
+        if self.role == "student":
+            # from_pretrained returns a model in eval mode: dropout and LoRA dropout would be off, and
+            # transformers checkpoints activations only `if self.gradient_checkpointing and
+            # self.training`, so gradient_checkpointing would silently save nothing. Teachers stay as
+            # loaded and are put in eval mode by their owner (distill.teachers.hf).
+            model.train()
         return model
 
     def _quantization_config(self):
@@ -156,7 +210,8 @@ class ModelSpec:
         return model
 
     def __repr__(self) -> str:
-        return f"ModelSpec({self.role}: {self.name_or_path or self.config_kwargs.get('model_type')})"
+        where = self._name_or_path or self.gguf_file or (self.config_kwargs or {}).get("model_type")
+        return f"{type(self).__name__}({self.role}: {where})"
 
 
 def _unwrapped(model: torch.nn.Module) -> torch.nn.Module:

@@ -26,8 +26,13 @@ def model_record(spec) -> dict:
     config = spec.hf_config().to_diff_dict()
     config.pop("transformers_version", None)
     text = json.dumps(config, sort_keys=True, default=str)
-    return {"name_or_path": spec.name_or_path, "tokenizer": spec.tokenizer, "from_scratch": spec.from_scratch,
-            "config": json.loads(text), "config_sha256": hashlib.sha256(text.encode()).hexdigest()[:16]}
+    record = {"name_or_path": spec.name_or_path, "tokenizer": spec.tokenizer, "from_scratch": spec.from_scratch,
+              "config": json.loads(text), "config_sha256": hashlib.sha256(text.encode()).hexdigest()[:16]}
+    if spec.gguf_file is not None:  # converted from a GGUF file: name the file the folder came from
+        record["gguf_file"] = spec.gguf_file
+    if spec.pruning_record is not None:  # cut from the teacher: which layers and channels stayed, and why
+        record["pruning"] = spec.pruning_record
+    return record
 
 
 def record_models(out_dir: str | Path, parts, run_cfg=None) -> Path:

@@ -205,6 +205,12 @@ def model_card(run_dir: str | Path, *, name: str | None = None, steps: int | Non
              f"| steps | {steps if steps is not None else max_steps} optimizer steps"
              + (f" (of trainer.max_steps={max_steps})" if steps not in (None, max_steps) else "")
              + f", seed {cfg.get('seed')} |", ""]
+    pruning = (student.get("loaded") or {}).get("pruning")
+    if pruning:  # student=pruned: what was cut from the teacher (distill.pruning)
+        lines[-1:-1] = [f"| cut from the teacher | layers {pruning.get('kept_layers')} of "
+                        f"{pruning.get('teacher_layers')} ({pruning.get('method')}); MLP width "
+                        f"{(pruning.get('intermediate_size') or {}).get('student')} of "
+                        f"{(pruning.get('intermediate_size') or {}).get('teacher')} |"]
     command = run_command(run_dir)
     lines += ["## Command", "", "```bash", command or "# not recorded: the run was not started "
               "through distill-train (no .hydra/overrides.yaml)", "```", ""]

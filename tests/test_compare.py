@@ -13,6 +13,7 @@ import yaml
 from PIL import Image
 
 from distill import compare
+from distill.callbacks import StepTimer
 
 HEADER = ["epoch", "step", "train/loss", "val/loss", "val/agreement", "val/kl"]
 
@@ -222,7 +223,7 @@ def test_a_single_seed_group_has_no_std(tmp_path):
 def test_step_timer_logs_the_median_after_warmup():
     logged = []
     module = SimpleNamespace(log=lambda name, value, **kw: logged.append((name, value)))
-    timer = compare.StepTimer(skip=1)
+    timer = StepTimer(skip=1)
     for step in range(4):
         trainer = SimpleNamespace(global_step=step + 1)  # global_step after the step's optimizer update
         timer.on_train_batch_start(trainer, module, None, step)

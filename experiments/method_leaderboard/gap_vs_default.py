@@ -27,7 +27,7 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
-from distill.compare import load_local
+from distill.compare.load import load_local
 
 REFERENCE = "experiment=method_leaderboard loss=kd"
 SETTING_KEYS = ("experiment", "loss", "teacher.combine")

@@ -189,7 +189,7 @@ def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args.base = [f"trainer.max_steps={args.steps}", f"trainer.val_check_interval={args.steps}",
                  "trainer.log_every_n_steps=1", "summary.enabled=false", "export.enabled=false", "callbacks=none",
-                 "+callbacks.step_timer={_target_: distill.compare.StepTimer, skip: 2}",
+                 "+callbacks.step_timer={_target_: distill.callbacks.StepTimer, skip: 2}",
                  f"module.scheduler.warmup_steps={min(30, max(1, args.steps // 10))}",
                  f"data.max_val_examples={args.max_val_examples}"]
     if args.threads:

@@ -52,7 +52,7 @@ def main() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-    from distill.teachers.cache_cli import cache_logits
+    from distill.teachers.cache.cli import cache_logits
     from distill import pipeline
 
     out = Path(tempfile.mkdtemp(prefix="distill-sweep-"))

@@ -164,7 +164,7 @@ def run_trl(setup: Setup, total: int, clock: StepClock) -> None:
 
 def write_cache(setup: Setup, total: int) -> Path:
     """A top-64 cache of the examples ``total`` steps read (train split only), for ``distill cached``."""
-    from distill.teachers.cache_cli import cache_logits
+    from distill.teachers.cache.cli import cache_logits
 
     path = setup.out / "cache" / "tiny_stdlib-topk-k64"
     cfg = compose("cache_logits", [*[o for o in setup.overrides if o.startswith(("seed=", "data.", "teacher."))],

@@ -88,7 +88,7 @@ def encoding_overrides(prefix: str, enc: dict) -> list[str]:
 
 
 def cmd_cache(args) -> None:
-    from distill.teachers.cache_cli import cache_logits
+    from distill.teachers.cache.cli import cache_logits
 
     root = cache_root(args)
     first, *rest = ROWS

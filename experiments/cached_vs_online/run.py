@@ -95,7 +95,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from distill.teachers.cache_cli import cache_logits
+    from distill.teachers.cache.cli import cache_logits
     from distill import pipeline
 
     out = Path(args.out)

@@ -169,7 +169,7 @@ def _steps(run: Path) -> dict[int, dict]:
 
 
 def test_a_remote_step_equals_the_step_from_the_same_teacher_cached_as_top_k(server, teacher_dir, tmp_path):
-    from distill.teachers.cache_cli import cache_logits
+    from distill.teachers.cache.cli import cache_logits
 
     cache = tmp_path / "cache"
     cache_logits(compose([*SMALL[:3], f"+teacher.model.name_or_path={teacher_dir}", "~teacher.model.config",

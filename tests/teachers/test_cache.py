@@ -221,7 +221,7 @@ def compose_cfg(overrides: list[str], output_dir: Path, config_name: str = "trai
 
 
 def _cache(tmp_path, *overrides, name="c"):
-    from distill.teachers.cache_cli import cache_logits
+    from distill.teachers.cache.cli import cache_logits
 
     cfg = compose_cfg([*SMALL, "cache.k=8", "cache.progress=false", f"cache.dir={tmp_path / name}", *overrides],
                       tmp_path / "cache_run", config_name="cache_logits")

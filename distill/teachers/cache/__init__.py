@@ -10,7 +10,7 @@ One concept per module, in the order data flows through them:
 * :mod:`.teacher_pass`: :func:`cache_split`, one teacher forward feeding several writers;
 * :mod:`.reader`: :class:`CacheReader` / :class:`SplitReader`, random access by example index.
 
-``distill-cache-logits`` (:mod:`distill.teachers.cache_cli`) writes a cache and ``teacher=cached``
+``distill-cache-logits`` (:mod:`distill.teachers.cache.cli`) writes a cache and ``teacher=cached``
 (:mod:`distill.teachers.cached`) trains from it.
 """
 

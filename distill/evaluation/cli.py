@@ -11,21 +11,21 @@ import json
 import logging
 import re
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from distill.evaluation.benchmarks import load_benchmark
-from distill.evaluation.model_config import EvalModelConfig
 from distill.evaluation.settings import GenerationSettings
-from distill.evaluation.sources import HFSource, build_source
+from distill.evaluation.sources.base import CompletionSource
+from distill.evaluation.targets import build
 from distill.data.vocab import same_vocabulary
 from distill.evaluation.heldout import HeldoutSettings, evaluate_heldout, load_texts
 from distill.evaluation.report import write_report
 from distill.evaluation.runner import evaluate_model
 from distill.sandbox import Sandbox, SandboxConfig
-from distill.config import app_errors, prepare_app
+from distill.config import ConfigError, app_errors, prepare_app
 
 log = logging.getLogger(__name__)
 
@@ -40,53 +40,43 @@ def _container(node: Any) -> Any:
     return node
 
 
-def _default_name(spec: Mapping[str, Any]) -> str:
-    for key in ("path", "adapter", "checkpoint", "answers"):
-        if spec.get(key):
-            p = Path(str(spec[key]).rstrip("/"))
-            name = p.name
-            if name in ("student", "checkpoints", "last.ckpt") and p.parent.name:
-                name = f"{p.parent.name}-{name}"
-            return name
-    return str(spec.get("kind") or "model")
-
-
 def safe_name(name: str) -> str:
     """A model name as a folder name."""
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "model"
 
 
-def model_specs(cfg: DictConfig) -> list[EvalModelConfig]:
-    """``models`` (a comparison) if set, else the single ``model``."""
-    models = _container(cfg.get("models")) or {}
+def model_sources(cfg: DictConfig) -> list[CompletionSource]:
+    """``models`` (a comparison) if set, else the single ``model``: each node a ``_target_``
+    (``conf/eval/model/*.yaml``), built without loading anything."""
+    models = cfg.get("models") or {}
+    sources = []
     if models:
-        specs = []
         for key, node in models.items():
             if node is None:
                 continue  # `models.x=null` removes a preset entry
-            node = dict(node)
-            node["name"] = node.get("name") or key
-            specs.append(EvalModelConfig.from_mapping(node, key, f"models.{key}"))
-        if not specs:
-            raise ValueError("models: every entry is null")
+            source = build(node, f"models.{key}", CompletionSource)
+            source.name = source.name or str(key)
+            sources.append(source)
+        if not sources:
+            raise ConfigError("models: every entry is null")
     else:
-        node = dict(_container(cfg.get("model")) or {})
-        node["name"] = node.get("name") or _default_name(node)
-        specs = [EvalModelConfig.from_mapping(node, node["name"], "model")]
-    names = [safe_name(s.name) for s in specs]
+        source = build(cfg.get("model"), "model", CompletionSource)
+        source.name = source.name or source.default_name()
+        sources = [source]
+    names = [safe_name(s.name) for s in sources]
     if len(set(names)) != len(names):
-        raise ValueError(f"models: names must be unique as folder names, got {names}")
-    if sum(s.role == "teacher" for s in specs) > 1:
-        raise ValueError("models: at most one model may have role=teacher")
-    return specs
+        raise ConfigError(f"models: names must be unique as folder names, got {names}")
+    if sum(s.role == "teacher" for s in sources) > 1:
+        raise ConfigError("models: at most one model may have role=teacher")
+    return sources
 
 
-def _heldout_for(spec: EvalModelConfig, source, teacher: HFSource | None, texts: list[str],
+def _heldout_for(source: CompletionSource, teacher: CompletionSource | None, texts: list[str],
                  settings: HeldoutSettings, work: Path) -> dict[str, Any] | None:
-    if not isinstance(source, HFSource):
+    if not source.holds_weights:
         return None
     key = {"settings": vars(settings), "teacher": None if teacher is None or teacher is source
-           else teacher.fingerprint}
+           else teacher.fingerprint()}
     cache = work / "heldout.json"
     if cache.exists():
         old = json.loads(cache.read_text())
@@ -99,7 +89,7 @@ def _heldout_for(spec: EvalModelConfig, source, teacher: HFSource | None, texts:
             use_teacher = teacher.model
         else:
             note = "teacher tokenizer differs: agreement and KL not computed"
-            log.warning("%s: %s", spec.name, note)
+            log.warning("%s: %s", source.name, note)
     metrics = evaluate_heldout(source.model, source.tokenizer, texts, settings, use_teacher,
                                source.device)
     if teacher is source:  # the teacher's own row: its loss is the "student" loss of itself
@@ -116,11 +106,11 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
         import torch
 
         torch.set_num_threads(int(cfg.threads))
-    benchmark = load_benchmark(_container(cfg.benchmark))
+    benchmark = load_benchmark(cfg.get("benchmark"))
     settings = GenerationSettings.from_mapping(_container(cfg.generation))
     sandbox_cfg = SandboxConfig.from_mapping(_container(cfg.sandbox))
     heldout = HeldoutSettings.from_mapping(_container(cfg.get("heldout")))
-    specs = model_specs(cfg)
+    sources = model_sources(cfg)
     ks = [int(k) for k in (cfg.get("ks") or [1])]
     if any(k < 1 for k in ks):
         raise ValueError(f"ks: every k must be >= 1, got {ks}")
@@ -129,32 +119,30 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
     log.info("benchmark %s: %d tasks from %s", benchmark.name, len(benchmark), benchmark.source)
 
     texts = load_texts(heldout) if heldout.enabled else []
-    refs = {t.task_id: t.reference for t in benchmark.tasks}
     # The teacher goes first so its weights can stay loaded for the students' held-out metrics.
-    specs = sorted(specs, key=lambda s: s.role != "teacher")
+    sources = sorted(sources, key=lambda s: s.role != "teacher")
     summaries: list[dict[str, Any]] = []
-    teacher_source: HFSource | None = None
+    teacher_source: CompletionSource | None = None
     with Sandbox(sandbox_cfg) as sandbox:
-        for spec in specs:
-            work = out / safe_name(spec.name)
-            source = build_source(spec, refs, work)
+        for source in sources:
+            work = out / safe_name(source.name)
             keep = False
             try:
-                summary = evaluate_model(source, spec, benchmark, settings, sandbox, work, ks,
+                source.open(benchmark, work)
+                summary = evaluate_model(source, benchmark, settings, sandbox, work, ks,
                                          overwrite=bool(cfg.get("overwrite", False)))
                 if texts:
-                    if spec.role == "teacher" and isinstance(source, HFSource):
-                        source.fingerprint = spec.fingerprint()
+                    if source.role == "teacher" and source.holds_weights:
                         teacher_source, keep = source, True
-                    summary["heldout"] = _heldout_for(spec, source, teacher_source, texts,
-                                                      heldout, work)
+                    summary["heldout"] = _heldout_for(source, teacher_source, texts, heldout,
+                                                      work)
                     (work / "summary.json").write_text(json.dumps(summary, indent=2))
             finally:
                 if not keep:
                     source.close()
             summaries.append(summary)
             p1 = summary.get("pass@1")
-            log.info("%s (%s): %s", spec.name, spec.role,
+            log.info("%s (%s): %s", source.name, source.role,
                      ", ".join(f"{k}={v:.3f}" for k, v in summary["pass_at_k"].items()) or
                      f"pass@1={p1}")
     if teacher_source is not None:

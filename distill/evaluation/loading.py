@@ -1,13 +1,16 @@
-"""Load the weights an :class:`EvalModelConfig` names: an HF folder or hub id, a LoRA adapter on
-its base, or a training run's checkpoint (exported to an HF folder first)."""
+"""Load the weights a :class:`~distill.evaluation.sources.local.LocalModel` names: an HF folder or
+hub id, a LoRA adapter on its base, or a training run's checkpoint (exported to an HF folder
+first, by :mod:`distill.run_student`)."""
 
 from __future__ import annotations
 
 import json
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from distill.evaluation.model_config import EvalModelConfig
+if TYPE_CHECKING:
+    from distill.evaluation.sources.local import LocalModel
 
 log = logging.getLogger(__name__)
 
@@ -34,12 +37,12 @@ def _pick_dtype(dtype: str, device: str):
         raise ValueError(f"model.dtype must be auto, float32, bfloat16 or float16; got {dtype!r}")
 
 
-def resolve_checkpoint(spec: EvalModelConfig, work_dir: Path) -> str:
+def resolve_checkpoint(spec: "LocalModel", work_dir: Path) -> str:
     """A run's checkpoint as an HF folder.
 
     Accepts an exported student folder, a run directory (uses ``<run>/student`` if the run
     exported one, else exports ``checkpoints/last.ckpt``) or a ``.ckpt`` file (rebuilt from the
-    run's saved Hydra config by :func:`distill.export.export_checkpoint`).
+    run's saved Hydra config by :func:`distill.run_student.export_checkpoint`).
     """
     ckpt = Path(spec.checkpoint)
     if not ckpt.exists():
@@ -56,19 +59,19 @@ def resolve_checkpoint(spec: EvalModelConfig, work_dir: Path) -> str:
     out = work_dir / "exported_student"
     if (out / "config.json").exists():
         return str(out)
-    from distill.export import export_checkpoint
+    from distill.run_student import export_checkpoint
 
     log.info("exporting %s (run %s) -> %s", ckpt_file, run_dir, out)
     export_checkpoint(run_dir, ckpt_file, out, merge_lora=True)
     return str(out)
 
 
-def load_hf_model(spec: EvalModelConfig, work_dir: Path | None = None):
+def load_hf_model(spec: "LocalModel", work_dir: Path | None = None):
     """(model, tokenizer, device) for hf / lora / checkpoint specs; model in eval mode."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    kind = spec.resolved_kind()
-    device = _pick_device(spec.device)
+    kind = spec.kind
+    device = _pick_device(spec.device_name)
     dtype = _pick_dtype(spec.dtype, device)
     path = spec.path
     if kind == "checkpoint":
@@ -83,7 +86,7 @@ def load_hf_model(spec: EvalModelConfig, work_dir: Path | None = None):
         path = json.loads(cfg_file.read_text())["base_model_name_or_path"]
     if path is None:
         raise ValueError(f"model {spec.name}: no weights to load (set path)")
-    tok_path = spec.tokenizer or (adapter if adapter and Path(adapter, "tokenizer_config.json")
+    tok_path = spec.tokenizer_path or (adapter if adapter and Path(adapter, "tokenizer_config.json")
                                   .exists() else path)
     log.info("loading %s model %s from %s%s", spec.role, spec.name, path,
              f" + adapter {adapter}" if adapter else "")

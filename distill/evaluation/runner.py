@@ -27,9 +27,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from distill.evaluation.benchmarks import Benchmark
-from distill.evaluation.model_config import EvalModelConfig
-from distill.evaluation.settings import CompletionSource, GenerationSettings
+from distill.evaluation.benchmarks.task import Benchmark
+from distill.evaluation.settings import GenerationSettings
+from distill.evaluation.sources.base import CompletionSource
 from distill.evaluation.passk import per_task_pass_at_k, summarize_pass_at_k
 from distill.evaluation.postprocess import make_completion
 from distill.sandbox import ExecResult, Sandbox
@@ -56,14 +56,14 @@ def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def run_settings(spec: EvalModelConfig, benchmark: Benchmark, settings: GenerationSettings,
+def run_settings(source: CompletionSource, benchmark: Benchmark, settings: GenerationSettings,
                  sandbox_cfg: Any) -> dict[str, Any]:
     """Everything that changes what lands in the result files (and nothing that does not:
     batch size, worker count and the task subset may change between resumed runs)."""
     gen = dataclasses.asdict(settings)
     gen.pop("batch_size", None)
     return {
-        "model": spec.fingerprint(),
+        "model": source.fingerprint(),
         "benchmark": {"name": benchmark.name, "source": benchmark.source,
                       "stop": list(benchmark.stop),
                       "chat_template_sha": hashlib.sha1(benchmark.chat_template.encode())
@@ -125,17 +125,17 @@ def _repair_tail(path: Path) -> None:
         path.write_bytes(keep)
 
 
-def evaluate_model(source: CompletionSource, spec: EvalModelConfig, benchmark: Benchmark,
-                   settings: GenerationSettings, sandbox: Sandbox, out_dir: str | Path,
-                   ks: Sequence[int] = (1,), overwrite: bool = False, chunk_tasks: int | None = None
-                   ) -> dict[str, Any]:
-    """Generate, execute and score every task of ``benchmark``; returns the summary dict."""
-    run = ModelRun(Path(out_dir), run_settings(spec, benchmark, settings, sandbox.config),
+def evaluate_model(source: CompletionSource, benchmark: Benchmark, settings: GenerationSettings,
+                   sandbox: Sandbox, out_dir: str | Path, ks: Sequence[int] = (1,),
+                   overwrite: bool = False, chunk_tasks: int | None = None) -> dict[str, Any]:
+    """Generate, execute and score every task of ``benchmark`` with an opened ``source``;
+    returns the summary dict."""
+    run = ModelRun(Path(out_dir), run_settings(source, benchmark, settings, sandbox.config),
                    overwrite=overwrite)
     n = int(settings.n)
     style = settings.style if settings.style != "auto" else source.style
-    if source.kind in ("reference",):
-        style = "reference"
+    if source.fixed_style:
+        style = source.style
     stop = settings.stop if settings.stop is not None else benchmark.stop
     tasks = benchmark.tasks
     done = {r["task_id"]: r for r in _read_jsonl(run.results)}
@@ -145,7 +145,7 @@ def evaluate_model(source: CompletionSource, spec: EvalModelConfig, benchmark: B
     pending = [t for t in tasks if t.task_id not in done]
     resumed = len(tasks) - len(pending)
     if resumed:
-        log.info("%s/%s: resuming, %d of %d tasks already done", spec.name, benchmark.name,
+        log.info("%s/%s: resuming, %d of %d tasks already done", source.name, benchmark.name,
                  resumed, len(tasks))
 
     def request_text(task) -> str:
@@ -160,7 +160,7 @@ def evaluate_model(source: CompletionSource, spec: EvalModelConfig, benchmark: B
         if need:
             requests = [(t.task_id, request_text(t)) for t in need]
             kwargs = {"style": style}
-            if source.kind == "answers":
+            if source.wants_raw_prompts:
                 kwargs["raw_prompts"] = [t.prompt for t in need]
             result = source.generate(requests, settings, stop, **kwargs)
             gen_seconds += result.seconds
@@ -168,7 +168,7 @@ def evaluate_model(source: CompletionSource, spec: EvalModelConfig, benchmark: B
             rows = []
             for t, texts, toks in zip(need, result.texts, result.new_tokens):
                 for j, raw in enumerate(texts):
-                    if style == "reference":
+                    if source.fixed_style:
                         completion = raw
                     else:
                         completion = make_completion(raw, t.prompt, style, stop, t.entry_point)
@@ -221,9 +221,9 @@ def evaluate_model(source: CompletionSource, spec: EvalModelConfig, benchmark: B
         _append(run.results, rows)
         finished = resumed + c0 + len(part)
         if (finished * 10 // len(tasks)) != ((finished - len(part)) * 10 // len(tasks)):
-            log.info("%s/%s: %d/%d tasks", spec.name, benchmark.name, finished, len(tasks))
+            log.info("%s/%s: %d/%d tasks", source.name, benchmark.name, finished, len(tasks))
 
-    summary = summarize(run, spec, benchmark, settings, [done[t.task_id] for t in tasks],
+    summary = summarize(run, source, benchmark, settings, [done[t.task_id] for t in tasks],
                         generated, ks, sandbox, style)
     summary["this_run"] = {"generation_seconds": round(gen_seconds, 3),
                            "execution_wall_seconds": round(exec_wall, 3),
@@ -249,7 +249,7 @@ def _case_metrics(results: Sequence[Mapping[str, Any]]) -> dict[str, float]:
             "strict_accuracy": sum(b for _, b in per_task) / len(per_task)}
 
 
-def summarize(run: ModelRun, spec: EvalModelConfig, benchmark: Benchmark,
+def summarize(run: ModelRun, source: CompletionSource, benchmark: Benchmark,
               settings: GenerationSettings, results: list[dict],
               generated: Mapping[str, Mapping[int, dict]], ks: Sequence[int], sandbox: Sandbox,
               style: str) -> dict[str, Any]:
@@ -275,7 +275,7 @@ def summarize(run: ModelRun, spec: EvalModelConfig, benchmark: Benchmark,
             tokens += int(row.get("tokens") or 0)
             seconds += float(row.get("seconds") or 0)
     return {
-        "model": spec.name, "role": spec.role, "kind": spec.resolved_kind(),
+        "model": source.name, "role": source.role, "kind": source.kind,
         "benchmark": benchmark.name, "style": style,
         "num_tasks": len(results), "n": int(settings.n), "ks": sorted(set(int(k) for k in ks)),
         **passk,

@@ -1,5 +1,5 @@
-"""The generation contract: the settings of one generation pass, what a source returns, and the
-protocol every completion source implements (``distill.evaluation.sources``).
+"""The generation contract: the settings of one generation pass and what a source returns (every
+completion source derives from :class:`distill.evaluation.sources.base.CompletionSource`).
 
 A request is ``(task_id, text)``; ``generate(requests, settings, stop) -> GenerationResult``.
 """
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Mapping, Protocol, Sequence
+from typing import Any, Mapping
 
 
 DEFAULT_MAX_NEW_TOKENS = 512
@@ -89,12 +89,3 @@ class GenerationResult:
     def total_tokens(self) -> int:
         return sum(sum(t) for t in self.new_tokens)
 
-
-class CompletionSource(Protocol):
-    kind: str
-    style: str  # the style its answers have: completion, chat, or reference
-
-    def generate(self, requests: Sequence[tuple[str, str]], settings: GenerationSettings,
-                 stop: Sequence[str] | None) -> GenerationResult: ...
-
-    def close(self) -> None: ...

@@ -11,9 +11,9 @@ import pytest
 pytest.importorskip("anthropic")
 pytest.importorskip("httpx2")
 
-from distill.evaluation.model_config import EvalModelConfig  # noqa: E402
 from distill.evaluation.settings import GenerationSettings  # noqa: E402
-from distill.evaluation.sources import ApiSource, build_source  # noqa: E402
+from distill.evaluation.sources import ApiSource, CompletionSource  # noqa: E402
+from distill.evaluation.targets import build  # noqa: E402
 from distill.evaluation.sources.api import AnthropicApi  # noqa: E402
 
 
@@ -39,11 +39,12 @@ def fake_server(monkeypatch):
 
 
 def test_anthropic_api_uses_the_teacher_client(fake_server, tmp_path):
-    spec = EvalModelConfig.from_mapping(
-        {"kind": "api", "api": {"_target_": "distill.evaluation.sources.api.AnthropicApi",
-                                "model": "claude-test", "base_url": fake_server.url}},
-        "api-teacher", "model")
-    src = build_source(spec, {}, tmp_path)
+    src = build({"_target_": "distill.evaluation.sources.api.ApiSource", "_recursive_": False,
+                 "api": {"_target_": "distill.evaluation.sources.api.AnthropicApi",
+                         "model": "claude-test", "base_url": fake_server.url}},
+                "model", CompletionSource)
+    assert src.client is None  # built when the evaluation starts: composing needs no key
+    src.open(None, tmp_path)
     assert isinstance(src, ApiSource) and isinstance(src.client, AnthropicApi)
     out = src.generate([("a", "Write a python function."), ("b", "Another python one.")],
                        GenerationSettings(n=2, temperature=0.7, max_new_tokens=256), None)

@@ -7,32 +7,30 @@ import json
 import pytest
 
 from distill.evaluation.benchmarks import APPS_SAMPLE, Benchmark, Task, load_apps, load_benchmark
-from distill.evaluation.model_config import EvalModelConfig
 from distill.evaluation.runner import evaluate_model
 from distill.evaluation.settings import GenerationResult, GenerationSettings
-from distill.evaluation.sources import ReferenceSource
+from distill.evaluation.sources import CompletionSource, ReferenceSource
 from distill.evaluation.stdio import case_program, outputs_match
 
 
-class Fixed:
+class Fixed(CompletionSource):
     """A source that answers every task with the same program."""
 
-    kind, style = "fixed", "reference"
+    kind, style, fixed_style = "fixed", "reference", True
 
     def __init__(self, program: str):
+        super().__init__()
         self.program = program
 
-    def generate(self, requests, settings, stop, style="reference"):
+    def generate(self, requests, settings, stop, style="reference", **kwargs):
         n = int(settings.n)
         return GenerationResult([[self.program] * n for _ in requests], [[0] * n for _ in requests],
                                 0.0)
 
-    def close(self):
-        pass
-
 
 def run(bench, source, sandbox, tmp_path, name="m"):
-    return evaluate_model(source, EvalModelConfig(name=name, kind="reference"), bench,
+    source.name = name
+    return evaluate_model(source, bench,
                           GenerationSettings(), sandbox, tmp_path / name, ks=[1])
 
 
@@ -47,12 +45,12 @@ def test_outputs_match_normalises_like_apps():
 
 
 def test_shipped_problems_load_in_both_styles():
-    bench = load_benchmark({"kind": "apps", "path": "sample"})
+    bench = load_benchmark({"_target_": "distill.evaluation.benchmarks.APPS", "path": "sample"})
     assert len(bench) == 6 and bench.name == "apps"
     styles = {t.task_id: t.fn_name for t in bench.tasks}
     assert styles["APPS/s1"] is None and styles["APPS/c1"] == "fib"
     assert all(t.reference and t.cases for t in bench.tasks)
-    assert load_benchmark({"kind": "apps", "path": "sample", "difficulties": ["competition"]}
+    assert load_benchmark({"_target_": "distill.evaluation.benchmarks.APPS", "path": "sample", "difficulties": ["competition"]}
                           ).tasks[0].task_id == "APPS/c2"
     with pytest.raises(ValueError, match="difficulties"):
         load_apps("sample", difficulties=["easy"])

@@ -6,8 +6,12 @@ import json
 
 import pytest
 
+from distill.config import ConfigError
 from distill.evaluation.benchmarks import (MBPP_SANITIZED_IDS, load_benchmark, load_humaneval,
                                            load_jsonl_benchmark, load_mbpp, mbpp_entry_point)
+
+HUMANEVAL = "distill.evaluation.benchmarks.humaneval.HumanEval"
+MBPP = "distill.evaluation.benchmarks.mbpp.MBPP"
 
 
 def test_humaneval_ships_164_tasks_and_builds_human_evals_program():
@@ -135,12 +139,24 @@ def test_jsonl_errors_name_file_and_line(tmp_path):
 
 
 def test_select_and_config(mbpp_path):
-    bench = load_benchmark({"kind": "mbpp", "path": str(mbpp_path), "subset": "full",
+    bench = load_benchmark({"_target_": MBPP, "path": str(mbpp_path), "subset": "full",
                             "split": "test", "limit": 3})
     assert [t.task_id for t in bench.tasks] == ["Mbpp/11", "Mbpp/12", "Mbpp/13"]
-    bench = load_benchmark({"kind": "humaneval", "task_ids": ["HumanEval/3", 7]})
+    bench = load_benchmark({"_target_": HUMANEVAL, "task_ids": ["HumanEval/3", 7]})
     assert [t.task_id for t in bench.tasks] == ["HumanEval/3", "HumanEval/7"]
     with pytest.raises(KeyError, match="benchmark.task_ids"):
-        load_benchmark({"kind": "humaneval", "task_ids": ["HumanEval/999"]})
-    with pytest.raises(ValueError, match="benchmark.kind"):
-        load_benchmark({"kind": "leetcode"})
+        load_benchmark({"_target_": HUMANEVAL, "task_ids": ["HumanEval/999"]})
+
+
+def test_a_misspelt_benchmark_key_fails_naming_it():
+    """Unknown keys fail, as everywhere else: a typo must not silently run the whole benchmark."""
+    with pytest.raises(ConfigError, match=r"benchmark\.limt: unknown key .*'limit'"):
+        load_benchmark({"_target_": HUMANEVAL, "limt": 3})
+    with pytest.raises(ConfigError, match=r"benchmark\.subsett: unknown key"):
+        load_benchmark({"_target_": MBPP, "subsett": "sanitized"})
+    with pytest.raises(ConfigError, match="benchmark: no _target_"):
+        load_benchmark({"kind": "humaneval"})
+    with pytest.raises(ConfigError, match="is not a BenchmarkSpec"):
+        load_benchmark({"_target_": "distill.evaluation.sources.ReferenceSource"})
+    with pytest.raises(ConfigError, match="benchmark.subset must be"):
+        load_benchmark({"_target_": MBPP, "subset": "tiny"})

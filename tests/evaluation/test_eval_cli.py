@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from distill.evaluation.cli import CONF_DIR, model_specs, run_eval
+from distill.config import ConfigError
+from distill.evaluation.cli import CONF_DIR, model_sources, run_eval
 
 GROUPS = sorted(p for p in (Path(CONF_DIR) / "eval").rglob("*.yaml"))
 
@@ -19,7 +20,7 @@ def test_every_eval_preset_composes(eval_cfg, path):
     group = str(path.parent.relative_to(CONF_DIR))
     prefix = "+" if group == "eval/compare" else ""
     cfg = eval_cfg(f"{prefix}{group}={path.stem}")
-    assert cfg.benchmark.kind in ("humaneval", "mbpp", "jsonl", "apps")
+    assert cfg.benchmark._target_ and cfg.model._target_  # chosen by class, not by a kind string
     assert cfg.generation.n >= 1 and cfg.sandbox.timeout > 0
 
 
@@ -45,8 +46,8 @@ def test_api_teacher_from_its_dataset_vs_reference(eval_cfg, tmp_path, mbpp_path
         "response": f"Here:\n```python\n{t.reference}\n```" if i else "I don't know."})
         for i, t in enumerate(tasks)) + "\n")
     cfg = eval_cfg("eval/benchmark=mbpp", f"benchmark.path={mbpp_path}", "benchmark.limit=3",
-                   f"+models.teacher={{role: teacher, answers: {answers}}}",
-                   "+models.ref={kind: reference}")
+                   "+eval/model@models.teacher=answers", f"models.teacher.answers={answers}",
+                   "+eval/model@models.ref=reference", "models.ref.name=ref")
     out = run_eval(cfg)
     by_name = {s["model"]: s for s in out["models"]}
     assert by_name["teacher"]["pass@1"] == pytest.approx(2 / 3)
@@ -56,10 +57,14 @@ def test_api_teacher_from_its_dataset_vs_reference(eval_cfg, tmp_path, mbpp_path
 
 
 def test_config_errors_name_the_key(eval_cfg):
-    with pytest.raises(ValueError, match="model: set one of path"):
-        model_specs(eval_cfg())
-    with pytest.raises(ValueError, match="models.teacher: set one of path"):
-        model_specs(eval_cfg("+eval/compare=teacher_base_distilled"))
+    with pytest.raises(ConfigError, match="`model`.*set one of path"):
+        model_sources(eval_cfg())
+    with pytest.raises(ConfigError, match="`models.teacher`.*set one of path"):
+        model_sources(eval_cfg("+eval/compare=teacher_base_distilled"))
+    with pytest.raises(ConfigError, match="models.x.pth: unknown key"):
+        model_sources(eval_cfg("+models.x={_target_: distill.evaluation.sources.LocalModel, pth: p}"))
+    with pytest.raises(ConfigError, match="role must be one of"):
+        model_sources(eval_cfg("model.path=p", "model.role=boss"))
     with pytest.raises(ValueError, match="ks"):
         run_eval(eval_cfg("eval/model=reference", "ks=[0]", "benchmark.limit=1"))
     with pytest.raises(ValueError, match="sandbox.timeout"):

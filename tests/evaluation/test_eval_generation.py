@@ -8,20 +8,24 @@ from pathlib import Path
 import pytest
 import torch
 
-from distill.evaluation.loading import load_hf_model, resolve_checkpoint
-from distill.evaluation.model_config import EvalModelConfig
+from distill.config import ConfigError
+from distill.evaluation.loading import resolve_checkpoint
 from distill.evaluation.settings import GenerationSettings
-from distill.evaluation.sources import AnswersSource, ApiSource, HFSource, build_source
+from distill.evaluation.sources import AnswersSource, ApiSource, CompletionSource, HFSource, LocalModel
+from distill.evaluation.targets import build
 from distill.evaluation.sources.hf import _stop_criteria
 
 PROMPTS = [("t0", "def add(a, b):\n"), ("t1", "class Stack:\n    def push(self, x):\n"),
            ("t2", "for i in range(10):\n")]
 
 
+LOCAL = "distill.evaluation.sources.local.LocalModel"
+
+
 def hf(path, **kw):
-    spec = EvalModelConfig.from_mapping({"path": str(path), **kw}, "m", "model")
-    model, tok, device = load_hf_model(spec)
-    return HFSource(model, tok, device, spec.chat)
+    src = LocalModel(path=str(path), **kw)
+    src.open()
+    return src.generator
 
 
 def test_greedy_batched_generation(tiny_model_dir):
@@ -87,14 +91,13 @@ def test_lora_adapter_on_its_base(tiny_model_dir, tmp_path):
     lora.save_pretrained(tmp_path / "adapter")
     cfg = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
     assert cfg["base_model_name_or_path"] == str(tiny_model_dir)
-    spec = EvalModelConfig.from_mapping({"adapter": str(tmp_path / "adapter")}, "lora", "model")
-    assert spec.resolved_kind() == "lora"
-    src = build_source(spec, {}, tmp_path)
-    assert isinstance(src, HFSource)
+    src = LocalModel(adapter=str(tmp_path / "adapter"))
+    assert src.kind == "lora"
+    src.open(None, tmp_path)
+    assert isinstance(src.generator, HFSource) and src.holds_weights
     assert src.generate(PROMPTS[:1], GenerationSettings(max_new_tokens=3), None).texts
     # a folder with adapter_config.json given as `path` is recognised as an adapter too
-    assert EvalModelConfig.from_mapping({"path": str(tmp_path / "adapter")}, "x", "m").resolved_kind() \
-        == "lora"
+    assert LocalModel(path=str(tmp_path / "adapter")).kind == "lora"
 
 
 def test_checkpoint_resolution(tiny_model_dir, tmp_path):
@@ -102,20 +105,20 @@ def test_checkpoint_resolution(tiny_model_dir, tmp_path):
     (run / "student").mkdir(parents=True)
     for f in Path(tiny_model_dir).iterdir():
         (run / "student" / f.name).write_bytes(f.read_bytes())
-    spec = EvalModelConfig.from_mapping({"checkpoint": str(run)}, "d", "models.distilled")
-    assert spec.resolved_kind() == "checkpoint"
+    spec = LocalModel(checkpoint=str(run))
+    assert spec.kind == "checkpoint"
     assert resolve_checkpoint(spec, tmp_path) == str(run / "student")
     with pytest.raises(FileNotFoundError, match="model.checkpoint"):
-        resolve_checkpoint(EvalModelConfig(checkpoint=str(tmp_path / "nope")), tmp_path)
+        resolve_checkpoint(LocalModel(checkpoint=str(tmp_path / "nope")), tmp_path)
 
 
 def test_model_spec_errors_name_the_key():
-    with pytest.raises(ValueError, match="models.teacher: set one of path"):
-        EvalModelConfig.from_mapping({"role": "teacher"}, "teacher", "models.teacher")
-    with pytest.raises(ValueError, match="models.x.role"):
-        EvalModelConfig.from_mapping({"path": "p", "role": "boss"}, "x", "models.x")
-    with pytest.raises(ValueError, match=r"unknown key\(s\) \['pth'\]"):
-        EvalModelConfig.from_mapping({"pth": "p"}, "x", "model")
+    with pytest.raises(ConfigError, match="`models.teacher`.*set one of path"):
+        build({"_target_": LOCAL, "role": "teacher"}, "models.teacher", CompletionSource)
+    with pytest.raises(ConfigError, match="`models.x`.*role must be one of"):
+        build({"_target_": LOCAL, "path": "p", "role": "boss"}, "models.x", CompletionSource)
+    with pytest.raises(ConfigError, match=r"model\.pth: unknown key .*'path'"):
+        build({"_target_": LOCAL, "pth": "p"}, "model", CompletionSource)
     with pytest.raises(ValueError, match="generation.temperature"):
         GenerationSettings(temperature=-1)
     with pytest.raises(ValueError, match="generation.style"):

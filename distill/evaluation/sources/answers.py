@@ -4,34 +4,58 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from distill.evaluation.settings import GenerationResult
+from distill.evaluation.sources.base import CompletionSource, Role, name_from_path
 
 ANSWER_TEXT_FIELDS = ("completion", "response", "answer", "output", "text", "content")
 
 
-class AnswersSource:
+class AnswersSource(CompletionSource):
     """Answers recorded earlier, e.g. the API teacher's generated dataset (JSONL).
 
     Rows are matched to tasks by ``task_id`` when the rows have one, else by the prompt text
     (the benchmark prompt, or the chat message built from it). A row may carry one answer or a
     list of answers; several rows per task add up. Field names are configurable through
-    ``answers_fields: {task_id: ..., prompt: ..., text: ...}``.
+    ``answers_fields: {task_id: ..., prompt: ..., text: ...}``
+    (``conf/eval/model/answers.yaml``).
+
+    Args:
+        answers: the JSONL file.
+        answers_fields: field names, ``{task_id, prompt, text}``.
+        chat: ``false`` when the answers continue the code prompt instead of replying to it.
+        name, role: as in :class:`CompletionSource`.
     """
 
     kind = "answers"
     style = "chat"
+    wants_raw_prompts = True  # rows without a task_id are matched by the task's own prompt too
 
-    def __init__(self, path: str | Path, fields: Mapping[str, str] | None = None,
-                 style: str = "chat"):
-        self.path = Path(path)
+    def __init__(self, answers: str | Path, answers_fields: Mapping[str, str] | None = None,
+                 chat: Any = "auto", name: str | None = None, role: Role = "model"):
+        super().__init__(name, role)
+        self.path = Path(answers)
+        self.fields = dict(answers_fields or {})
+        self.chat = chat
+        # recorded answers are chat replies unless the config says chat: false
+        self.style = "completion" if chat is False else "chat"
+        self.by_id: dict[str, list[str]] | None = None
+        self.by_prompt: dict[str, list[str]] = {}
+
+    def default_name(self) -> str:
+        return name_from_path(str(self.path))
+
+    def settings(self) -> dict[str, Any]:
+        return {"answers": str(self.path), "answers_fields": self.fields, "chat": self.chat}
+
+    def open(self, benchmark=None, work_dir=None) -> None:
+        if self.by_id is not None:
+            return
         if not self.path.exists():
             raise FileNotFoundError(f"model.answers: {self.path} does not exist")
-        fields = dict(fields or {})
-        self.style = style
-        self.by_id: dict[str, list[str]] = {}
-        self.by_prompt: dict[str, list[str]] = {}
+        fields = self.fields
+        self.by_id = {}
         id_key, prompt_key = fields.get("task_id", "task_id"), fields.get("prompt", "prompt")
         text_key = fields.get("text")
         with self.path.open(encoding="utf-8") as fh:
@@ -56,7 +80,8 @@ class AnswersSource:
                     raise KeyError(f"{self.path}:{lineno}: needs {id_key!r} or {prompt_key!r}")
 
     def generate(self, requests, settings, stop, style: str = "chat",
-                 raw_prompts: Sequence[str] | None = None) -> GenerationResult:
+                 raw_prompts: Sequence[str] | None = None, **kwargs) -> GenerationResult:
+        self.open()
         n = int(settings.n)
         texts = []
         for idx, (task_id, text) in enumerate(requests):
@@ -74,5 +99,3 @@ class AnswersSource:
             texts.append(list(found[:n]))
         return GenerationResult(texts, [[0] * n for _ in texts], 0.0)
 
-    def close(self) -> None:
-        pass

@@ -9,9 +9,10 @@ teacher's data generation.
 from __future__ import annotations
 
 import time
-from typing import Any, Protocol, Sequence
+from typing import Any, Mapping, Protocol, Sequence
 
 from distill.evaluation.settings import DEFAULT_MAX_NEW_TOKENS, GenerationResult, GenerationSettings
+from distill.evaluation.sources.base import CompletionSource, Role
 
 
 class ApiClient(Protocol):
@@ -82,18 +83,52 @@ class AnthropicApi:
                                   top_p=top_p, stop=stop)[0]
 
 
-class ApiSource:
-    """Live answers from an API client (``complete(prompt, ...) -> (text, output_tokens)``)."""
+class ApiSource(CompletionSource):
+    """Live answers from an API client (``complete(prompt, ...) -> (text, output_tokens)``):
+    ``conf/eval/model/api.yaml``.
+
+    Args:
+        api: the client, or its config node (``_target_`` + arguments), built in :meth:`open` so
+            that composing or checking a config needs no API key.
+        concurrency: requests in flight when the client has no ``complete_many``.
+        name, role: as in :class:`CompletionSource`.
+    """
 
     kind = "api"
     style = "chat"
 
-    def __init__(self, client: ApiClient, concurrency: int = 4):
-        self.client = client
+    def __init__(self, api: Any, concurrency: int = 4, name: str | None = None,
+                 role: Role = "model"):
+        super().__init__(name, role)
+        if hasattr(api, "_metadata"):  # an OmegaConf node (``_recursive_: false``): plain data
+            from omegaconf import OmegaConf
+
+            api = OmegaConf.to_container(api, resolve=True)
+        self.api = api
+        self.client = None if isinstance(api, Mapping) else api
+        if self.client is not None and not hasattr(self.client, "complete"):
+            raise TypeError(f"model.api must be an object with complete(prompt, ...); got "
+                            f"{type(api).__name__}")
         self.concurrency = max(1, int(concurrency))
 
+    def settings(self) -> dict[str, Any]:
+        api = dict(self.api) if isinstance(self.api, Mapping) else type(self.api).__name__
+        return {"api": api}
+
+    def open(self, benchmark=None, work_dir=None) -> None:
+        if self.client is None:
+            from omegaconf import OmegaConf
+
+            from distill.config import instantiate
+
+            self.client = instantiate(OmegaConf.create(dict(self.api)), "model.api")
+            if not hasattr(self.client, "complete"):
+                raise TypeError(f"model.api must build an object with complete(prompt, ...); "
+                                f"got {type(self.client).__name__}")
+
     def generate(self, requests, settings: GenerationSettings, stop,
-                 style: str = "chat") -> GenerationResult:
+                 style: str = "chat", **kwargs) -> GenerationResult:
+        self.open()
         n = int(settings.n)
         jobs = [(i, j, text) for i, (_, text) in enumerate(requests) for j in range(n)]
         texts = [[""] * n for _ in requests]
@@ -112,6 +147,3 @@ class ApiSource:
         for (i, j, _), (out, used) in zip(jobs, answers):
             texts[i][j], tokens[i][j] = out, int(used)
         return GenerationResult(texts, tokens, time.perf_counter() - start)
-
-    def close(self) -> None:
-        pass

@@ -1,9 +1,11 @@
 """The CE-only baseline: the same student, data and steps, trained on hard labels only.
 
-It is composed from the ``loss=ce`` config group (``conf/loss/ce.yaml``), trained once and cached
-under ``paths.cache_dir/baselines/<key>``, keyed by everything that determines it (student, data,
-module, teacher, seed, steps; not the loss or the logging), so later runs and sweeps reuse it. A
-new key says so before it trains, with the time it should take.
+It is composed from the ``loss=ce`` config group (``conf/loss/ce.yaml``) with no teacher and the
+data's own sequences (``teacher=none``, no ``sequences``): a CE-only student learns nothing from a
+teacher, so every teacher of a sweep (each ensemble combination, say) shares one baseline. It is
+trained once and cached under ``paths.cache_dir/baselines/<key>``, keyed by everything that
+determines it (:func:`baseline_key`), so later runs and sweeps reuse it. A new key says so before
+it trains, with the time it should take.
 """
 
 from __future__ import annotations
@@ -27,10 +29,21 @@ def is_ce_only(cfg: DictConfig) -> bool:
     return all(str(c.get("_target_", "")).endswith("CrossEntropy") for c in comps.values())
 
 
+#: Trainer settings that change neither what the baseline learns nor what it measures (where it
+#: writes, what it prints); every other one (steps, precision, devices, validation schedule) is keyed.
+_TRAINER_UNKEYED = ("default_root_dir", "logger", "callbacks", "enable_progress_bar", "enable_model_summary",
+                    "log_every_n_steps", "enable_checkpointing", "profiler")
+
+
 def baseline_key(cfg: DictConfig) -> str:
-    """Hash of what determines the CE-only student (not the loss or logging)."""
-    parts = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("student", "data", "module", "teacher")}
-    parts["seed"], parts["steps"] = cfg.seed, cfg.trainer.max_steps
+    """Hash of what determines the CE-only student: the student (its tokenizer included), the data
+    (held-out split included), the module (optimizer, scheduler, micro-batching), the seed and the
+    trainer settings. Not the teacher, the loss, on-policy sequences, logging or exports: the
+    baseline runs without them (:func:`baseline_config`)."""
+    parts = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("student", "data", "module")}
+    trainer = OmegaConf.to_container(cfg.trainer, resolve=True)
+    parts["trainer"] = {k: v for k, v in trainer.items() if k not in _TRAINER_UNKEYED}
+    parts["seed"] = cfg.seed
     return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
@@ -40,11 +53,15 @@ def baseline_dir(cfg: DictConfig) -> Path:
 
 
 def baseline_config(cfg: DictConfig) -> DictConfig:
-    """``cfg`` with ``loss=ce``, writing into the baseline folder, CSV only, no export or summary."""
+    """``cfg`` with ``loss=ce``, ``teacher=none`` and no ``sequences``, writing into the baseline
+    folder, CSV only, no export or summary."""
     out_dir = baseline_dir(cfg)
     base = copy.deepcopy(cfg)
     with open_dict(base):
         base.loss = load_group("loss", "ce")
+        # no teacher to load, prepare or pretrain, and the data's own sequences: what the key leaves out
+        base.teacher = load_group("teacher", "none")
+        base.sequences = None
         base.paths.output_dir = str(out_dir)
         base.summary.enabled = False
         base.export.enabled = False
@@ -71,7 +88,7 @@ def run_baseline(cfg: DictConfig, expected_seconds: float | None = None) -> dict
         return json.loads(result.read_text())
     took = f"; expect at most about {expected_seconds / 60:.1f} min (this run took that long)" \
         if expected_seconds else ""
-    log.warning("CE-only baseline: none cached for this student, data, teacher, seed and %d steps, so it is "
+    log.warning("CE-only baseline: none cached for this student, data, module, seed and %d steps, so it is "
                 "trained now with loss=ce -> %s%s. Skip it with summary.baseline=false.",
                 cfg.trainer.max_steps, out_dir, took)
     metrics = train(baseline_config(cfg))

@@ -21,6 +21,7 @@ from distill.data.tokenizer import load_tokenizer
 from distill.losses.combine import DistillationLoss
 from distill.models import ModelSpec
 from distill.module import DistillationModule
+from distill.onpolicy.base import Sequences
 from distill.teachers.base import Teacher
 from distill.validate import check_loss, check_student_tokenizer, check_trainer, check_vocab
 
@@ -61,6 +62,8 @@ def build_checked(cfg: DictConfig) -> Checked:
     student: ModelSpec = instantiate(cfg.get("student"), "student")
     student.role = "student"
     teacher: Teacher = instantiate(cfg.get("teacher"), "teacher")
+    if not isinstance(teacher, Teacher):
+        raise ConfigError(f"teacher must build a distill.teachers.base.Teacher, got {type(teacher).__name__}")
     loss = instantiate(cfg.get("loss"), "loss")
     check_loss(loss, student, teacher)
     datamodule: DistillDataModule = instantiate(cfg.get("data"), "data")
@@ -76,7 +79,10 @@ def build_components(cfg: DictConfig) -> Components:
     or its cache checked against the data); the module is built without loading weights."""
     checked = build_checked(cfg)
     sequences = instantiate(cfg.sequences, "sequences") if cfg.get("sequences") else None
-    if hasattr(sequences, "check"):  # before the teacher is prepared: a cached one cannot score new sequences
+    if sequences is not None:
+        if not isinstance(sequences, Sequences):
+            raise ConfigError(f"sequences must build a distill.onpolicy.base.Sequences, got {type(sequences).__name__}")
+        # before the teacher is prepared: a cached one cannot score new sequences
         sequences.check(checked.teacher, checked.loss)
         sequences.connect(checked.tokenizer)
     checked.teacher.prepare(checked.datamodule)

@@ -12,6 +12,7 @@ import math
 import torch
 
 from distill.losses import functional as LF
+from distill.types import TeacherKind, TeacherOutput
 
 
 @torch.no_grad()
@@ -58,6 +59,15 @@ def sparse_heldout_metrics(student_logits: torch.Tensor, teacher, targets: torch
         top1 = teacher.topk_ids.gather(-1, teacher.topk_logprobs.argmax(-1, keepdim=True)).squeeze(-1)
         out["sparse_agree"] = float((student_logits.argmax(-1) == top1)[mask].sum())
     return out
+
+
+def heldout_sums(student_logits: torch.Tensor, teacher: TeacherOutput, targets: torch.Tensor) -> dict[str, float]:
+    """Sums of one batch against whatever the teacher gave for validation: full logits
+    (:func:`heldout_metrics`), a sparse support (:func:`sparse_heldout_metrics`), or nothing (the
+    student's own CE)."""
+    if teacher.kind == TeacherKind.SPARSE:
+        return sparse_heldout_metrics(student_logits, teacher, targets)
+    return heldout_metrics(student_logits, teacher.logits, targets)
 
 
 def accumulate(total: dict[str, float], batch: dict[str, float]) -> dict[str, float]:

@@ -23,7 +23,7 @@ from distill.lightning_compat import set_logged_step
 from distill.losses.functional import next_token_targets
 from distill.models import ModelSpec, head_is_plain_linear, output_head
 from distill.teachers.base import NoTeacher, Teacher
-from distill.types import Need, StudentOutput, TeacherKind, TeacherOutput
+from distill.types import Need, StudentOutput, TeacherOutput
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,9 @@ class DistillationModule(L.LightningModule):
                              attentions=out.attentions if attn else None)
 
     def teacher_forward(self, batch: dict, needs: frozenset[str]) -> TeacherOutput:
-        out = self.teacher(batch, needs)
+        return self._trim_vocab(self.teacher(batch, needs))
+
+    def _trim_vocab(self, out: TeacherOutput) -> TeacherOutput:
         if out.logits is not None:
             out.logits = self._vocab(out.logits)
         return out
@@ -211,19 +213,10 @@ class DistillationModule(L.LightningModule):
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         targets = next_token_targets(batch["labels"])
         student = self.student_forward(batch, frozenset({Need.STUDENT_LOGITS}))
-        teacher_logits = None
-        if self.teacher.aligns_tokenizers:
-            # another vocabulary (ULD across tokenizers): teacher CE, agreement and KL are not
-            # per-token comparable, so held-out metrics are the student's own
-            M.accumulate(self._val_totals, M.heldout_metrics(student.logits, None, targets))
-            return
-        if self.teacher.kind == TeacherKind.FULL:
-            teacher_logits = self.teacher_forward(batch, frozenset({Need.TEACHER_LOGITS})).logits
-        elif self.teacher.kind == TeacherKind.SPARSE and "teacher_topk_ids" in batch:  # cached teacher rows in the batch
-            sparse = self.teacher_forward(batch, frozenset({Need.TEACHER_LOGITS}))
-            M.accumulate(self._val_totals, M.sparse_heldout_metrics(student.logits, sparse, targets))
-            return
-        M.accumulate(self._val_totals, M.heldout_metrics(student.logits, teacher_logits, targets))
+        # The teacher says what it compares with (full logits, a sparse support, or nothing: another
+        # vocabulary, or a cache without this split), so every teacher that can is scored here.
+        teacher = self._trim_vocab(self.teacher.heldout_output(batch))
+        M.accumulate(self._val_totals, M.heldout_sums(student.logits, teacher, targets))
 
     def on_validation_epoch_start(self) -> None:
         self._val_totals = {}

@@ -52,7 +52,7 @@ def record_models(out_dir: str | Path, parts, run_cfg=None) -> Path:
             cfg = OmegaConf.create(OmegaConf.to_container(run_cfg, resolve=False))
         path.parent.mkdir(parents=True, exist_ok=True)
     student = parts.module.student_spec
-    teacher_spec = getattr(parts.teacher, "spec", None)
+    teacher_spec = parts.teacher.spec  # declared by every Teacher (None: no local model)
     with open_dict(cfg):
         if "student" in cfg:
             cfg.student.tokenizer = student.tokenizer

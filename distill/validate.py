@@ -59,7 +59,7 @@ def check_vocab(student_tok, teacher: Teacher, loss: DistillationLoss) -> int | 
     if teacher.tokenizer and teacher.tokenizer != getattr(student_tok, "name_or_path", None):
         teacher_tok = load_tokenizer(teacher.tokenizer)
         if not same_vocabulary(teacher_tok, student_tok):
-            if not logit_users and not getattr(teacher, "aligns_tokenizers", False):
+            if not logit_users and not teacher.aligns_tokenizers:
                 raise ConfigError(
                     f"teacher tokenizer {teacher.tokenizer!r} differs from the student's {student_tok.name_or_path!r}, "
                     "and this teacher reads the student's token ids as its own. A cross-tokenizer loss (ULD) needs "
@@ -86,7 +86,7 @@ def check_loss(loss, student: ModelSpec, teacher: Teacher) -> None:
     needs = loss.needs
     # Attentions are probabilities materialised by the eager kernel only.
     for role, spec, need in (("student", student, Need.STUDENT_ATTN),
-                             ("teacher", getattr(teacher, "spec", None), Need.TEACHER_ATTN)):
+                             ("teacher", teacher.spec, Need.TEACHER_ATTN)):
         impl = spec and (spec.config_kwargs or {}).get("attn_implementation")
         if need in needs and impl in FLASH:
             raise ConfigError(f"{role} uses attn_implementation={impl!r}, which never materialises attention "

@@ -23,6 +23,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from distill.losses.functional import IGNORE_INDEX
+from distill.data.heldout import HeldoutShards, Uncounted
 from distill.data.resumable import ResumableLoader
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,9 @@ class ExampleDataset(Dataset):
     def __getitem__(self, i: int) -> dict:
         example = self.examples[i]
         for hook in self.hooks:
-            example = hook.example(self.split, i, example)
+            example = hook.example(self.split, int(i), example)
+        if isinstance(i, Uncounted):  # a rank's held-out padding (distill.data.heldout): no loss, no metric
+            example = {**example, "labels": [IGNORE_INDEX] * len(example["labels"])}
         return example
 
 
@@ -174,5 +177,12 @@ class DistillDataModule(L.LightningDataModule):
                 return order
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val_set, batch_size=self.val_batch_size, shuffle=False,
+        sampler = None
+        trainer = self.trainer
+        if trainer is not None and trainer.world_size > 1:
+            # each held-out example counted once on some rank (Lightning's sampler would repeat some)
+            kwargs = trainer.distributed_sampler_kwargs or {}
+            sampler = HeldoutShards(self.val_set, num_replicas=kwargs.get("num_replicas", trainer.world_size),
+                                    rank=kwargs.get("rank", trainer.global_rank))
+        return DataLoader(self.val_set, batch_size=self.val_batch_size, shuffle=False, sampler=sampler,
                           collate_fn=self.collate, num_workers=self.num_workers)

@@ -40,10 +40,10 @@ import torch
 
 from distill.config import ConfigError
 from distill.losses.schedules import Schedule, as_schedule
+from distill.onpolicy.base import Sequences
 from distill.onpolicy.generation import Generated, Generator, HFGenerator, Sampling
 from distill.onpolicy.prompts import PromptSpec, Row, data_row, generated_row, left_pad, right_pad
 from distill.onpolicy.speculative import speculative_generate
-from distill.types import TeacherKind
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ MIXES = ("examples", "batch")
 BATCH_KEYS = frozenset({"input_ids", "attention_mask", "labels"})
 
 
-class SequenceSource:
+class SequenceSource(Sequences):
     """Replaces the continuations of a step's examples with generated ones (see the module docstring).
 
     Args:
@@ -108,26 +108,14 @@ class SequenceSource:
 
     def check(self, teacher, loss=None) -> None:
         """Refuse, before any weights load, a teacher that cannot score (or write) new sequences."""
-        from distill.teachers.cached import CachedTeacher
-        from distill.teachers.cross_tokenizer import CrossTokenizerTeacher
-
-        members = getattr(teacher, "members", None) or {}
-        for t in [teacher, *members.values()]:
-            if isinstance(t, CachedTeacher):
-                raise ConfigError(
-                    "sequences: a cached teacher (teacher=cached) holds log-probs for the dataset's own tokens only and "
-                    "cannot score sequences generated during training. Use an online teacher: the model that wrote the "
-                    "cache (teacher=hf teacher.model.name_or_path=<its folder>, or the default teacher=tiny_stdlib), or "
-                    "teacher=remote; or switch generation off (sequences=data).")
-            if isinstance(t, CrossTokenizerTeacher):
-                raise ConfigError(
-                    "sequences: teacher=cross_tokenizer aligns the two tokenizations of each dataset example when the "
-                    "DataModule builds the batch, so it cannot score sequences generated during training. Use a teacher "
-                    "with the student's tokenizer (teacher=hf ...), or sequences=data.")
-        if teacher is None or teacher.kind == TeacherKind.NONE:
-            raise ConfigError("sequences: on-policy / SeqKD training needs a teacher to score the generated sequences, "
-                              "but teacher=none. Pick an online teacher (teacher=tiny_stdlib, teacher=hf ...).")
-        if self.uses_teacher_model and not hasattr(teacher, "model"):
+        if teacher is None:
+            raise ConfigError("sequences: on-policy / SeqKD training needs a teacher to score the generated sequences")
+        # each teacher declares whether it can (distill.teachers.base.Teacher.scoring_limit); an
+        # ensemble answers for its members
+        why = teacher.scoring_limit()
+        if why is not None:
+            raise ConfigError(f"sequences: {why}")
+        if self.uses_teacher_model and not teacher.can_generate:
             what = "speculative KD (sequences.policy=speculative)" if self.policy == "speculative" else \
                 "SeqKD (sequences.off_policy=teacher)"
             raise ConfigError(f"sequences: {what} samples from the teacher, which needs a local Hugging Face teacher "
@@ -185,9 +173,9 @@ class SequenceSource:
         with self._sampling_rng(seed, ids.device):
             if who == "speculative":
                 g = torch.Generator(device=ids.device).manual_seed(seed)
-                return speculative_generate(module.student, module.teacher.model, ids, mask, self.sampling, self.top_k,
-                                            self.eos_id, self.pad_id, vocab, generator=g)
-            model = module.student if who == "student" else module.teacher.model
+                return speculative_generate(module.student, module.teacher.causal_lm(), ids, mask, self.sampling,
+                                            self.top_k, self.eos_id, self.pad_id, vocab, generator=g)
+            model = module.student if who == "student" else module.teacher.causal_lm()
             return self.generator(model, ids, mask, self.sampling, self.eos_id, self.pad_id, vocab)
 
     def __call__(self, batch: dict, module, step: int) -> tuple[dict, dict[str, float]]:

@@ -157,6 +157,16 @@ class CachedTeacher(Teacher):
     def sampled(self) -> bool:
         return self.reader.sampled
 
+    def scoring_limit(self) -> str | None:
+        return ("a cached teacher (teacher=cached) holds log-probs for the dataset's own tokens only and cannot score "
+                "sequences generated during training. Use an online teacher: the model that wrote the cache "
+                "(teacher=hf teacher.model.name_or_path=<its folder>, or the default teacher=tiny_stdlib), or "
+                "teacher=remote; or switch generation off (sequences=data).")
+
+    def covers(self, batch: dict) -> bool:
+        # rows ride in the batch; a held-out split the cache does not match has none (see prepare)
+        return "teacher_topk_ids" in batch
+
     def info(self) -> ModelInfo:
         return ModelInfo(**self.reader.manifest["teacher"]["info"])
 

@@ -191,13 +191,31 @@ class CrossTokenizerTeacher(Teacher):
         return self.teacher.info()
 
     @property
+    def spec(self):
+        """The wrapped teacher's model (its config is what the attention-kernel check reads)."""
+        return self.teacher.spec
+
+    def scoring_limit(self) -> str | None:
+        return ("teacher=cross_tokenizer aligns the two tokenizations of each dataset example when the DataModule "
+                "builds the batch, so it cannot score sequences generated during training. Use a teacher with the "
+                "student's tokenizer (teacher=hf ...), or sequences=data.")
+
+    def covers(self, batch: dict) -> bool:
+        return "teacher_input_ids" in batch
+
+    def heldout_output(self, batch: dict) -> TeacherOutput:
+        # another vocabulary (ULD across tokenizers): teacher CE, agreement and KL are not per-token
+        # comparable with the student's, so held-out metrics are the student's own
+        return TeacherOutput.none()
+
+    @property
     def tokenizer(self) -> str | None:
         """The teacher's tokenizer folder (trained now if ``tokenizer_build`` describes it)."""
         return str(self._teacher_tokenizer().name_or_path)
 
     def prepare(self, datamodule) -> None:
         teacher_tok = self._teacher_tokenizer()
-        spec = getattr(self.teacher, "spec", None)
+        spec = self.teacher.spec
         if spec is not None and spec.tokenizer is None:
             spec.tokenizer = str(teacher_tok.name_or_path)
         info = self.teacher.info()

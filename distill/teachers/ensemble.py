@@ -88,7 +88,7 @@ class EnsembleTeacher(Teacher):
                 raise TypeError(f"teacher.teachers.{name} is a {type(t).__name__}, not a distill Teacher")
             if t.kind == TeacherKind.NONE:
                 raise ValueError(f"teacher.teachers.{name} gives no teacher signal (kind 'none'); remove it")
-            if isinstance(t, EnsembleTeacher):
+            if t.members:
                 raise ValueError(f"teacher.teachers.{name} is itself an ensemble; list its members directly")
         cached = [n for n, t in members.items() if t.kind == TeacherKind.SPARSE]
         if len(cached) > 1:
@@ -132,6 +132,14 @@ class EnsembleTeacher(Teacher):
     @property
     def tokenizer(self) -> str | None:
         return next((t.tokenizer for t in self.members.values() if t.tokenizer), None)
+
+    def scoring_limit(self) -> str | None:
+        # the combination scores a sequence only if every member does
+        return next((f"teacher.teachers.{name}: {why}" for name, t in self.members.items()
+                     if (why := t.scoring_limit()) is not None), None)
+
+    def covers(self, batch: dict) -> bool:
+        return all(t.covers(batch) for t in self.members.values())
 
     def prepare(self, datamodule) -> None:
         for name, t in self.members.items():

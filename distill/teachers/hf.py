@@ -31,6 +31,7 @@ class HFTeacher(Teacher):
     """
 
     kind = TeacherKind.FULL
+    can_generate = True
 
     def __init__(self, model: ModelSpec, pretrain: dict | None = None):
         self.spec = model
@@ -91,6 +92,12 @@ class HFTeacher(Teacher):
             self.model = model
             # Soft-capped or scaled heads (e.g. Gemma 2) cannot be handed to a fused loss as a matrix.
             self._plain_head = head_is_plain_linear(model)
+
+    def causal_lm(self) -> torch.nn.Module:
+        if self.model is None:
+            raise RuntimeError("the teacher's weights are not loaded yet: call load() first (the training module "
+                               "does it in configure_model)")
+        return self.model
 
     def to(self, device: torch.device) -> "HFTeacher":
         if self.model is not None and self.spec.quantization is None:

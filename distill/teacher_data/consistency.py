@@ -6,7 +6,7 @@ base task's asserts) or with the answer itself (``test_*`` functions, bare asser
 and the cheaper one to train on).
 
 Tests are executed, and executing model-written code is only acceptable in a sandbox we control:
-the project's one sandbox (:mod:`distill.evaluation.sandbox`, the one ``distill-eval`` runs
+the project's one sandbox (:mod:`distill.sandbox`, the one ``distill-eval`` runs
 benchmarks in): a child process per program with a wall-clock timeout, its own process group,
 CPU/memory/file-size limits, an empty temporary working directory, no stdin, and an environment
 built from an allowlist, so no ``ANTHROPIC_API_KEY`` or other secret is visible to the code under

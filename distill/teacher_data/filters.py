@@ -34,11 +34,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-import numpy as np
-
 from distill.teacher_data import rationale
 from distill.teacher_data.catalogue import CODE_TASK_TYPES
 from distill.teacher_data.consistency import rank_samples
+from distill.teacher_data.minhash import MinHashLSH, shingles
 from distill.teacher_data.store import read_jsonl
 from distill.teacher_data.syntax import check_blocks, extract_code_blocks
 
@@ -91,55 +90,6 @@ def is_refusal(text: str, stop_reason: str | None, patterns: Iterable[str] = REF
 
 def normalise(text: str) -> str:
     return re.sub(r"\s+", " ", (text or "").strip()).lower()
-
-
-# --------------------------------------------------------------------------------------------
-# Near-duplicates: MinHash signatures + LSH banding, candidates verified by exact Jaccard
-# --------------------------------------------------------------------------------------------
-_MERSENNE = (1 << 31) - 1
-
-
-def shingles(text: str, k: int = 5) -> set[int]:
-    words = re.findall(r"\w+", (text or "").lower())
-    grams = [" ".join(words[i:i + k]) for i in range(max(1, len(words) - k + 1))] if words else [""]
-    # blake2b, not hash(): Python salts str hashes per process, and the filter must be reproducible.
-    return {int.from_bytes(hashlib.blake2b(g.encode(), digest_size=4).digest(), "little") & _MERSENNE
-            for g in grams}
-
-
-class MinHashLSH:
-    def __init__(self, threshold: float = 0.9, num_perm: int = 64, bands: int = 16, seed: int = 1):
-        if num_perm % bands:
-            raise ValueError(f"filters.near_dedup: num_perm ({num_perm}) must be divisible by bands ({bands})")
-        rng = np.random.default_rng(seed)
-        self.a = rng.integers(1, _MERSENNE, size=num_perm, dtype=np.uint64)
-        self.b = rng.integers(0, _MERSENNE, size=num_perm, dtype=np.uint64)
-        self.threshold, self.bands, self.rows = threshold, bands, num_perm // bands
-        self.buckets: dict[tuple, list[int]] = defaultdict(list)
-        self.sets: list[set[int]] = []
-
-    def signature(self, sh: set[int]) -> np.ndarray:
-        x = np.fromiter(sh, dtype=np.uint64, count=len(sh))
-        return ((self.a[:, None] * x[None, :] + self.b[:, None]) % _MERSENNE).min(axis=1)
-
-    def add_if_new(self, sh: set[int]) -> int | None:
-        """Index ``sh`` unless a near-duplicate is indexed already; returns that one's index."""
-        sig = self.signature(sh)
-        keys = [(i, sig[i * self.rows:(i + 1) * self.rows].tobytes()) for i in range(self.bands)]
-        seen = set()
-        for key in keys:
-            for j in self.buckets.get(key, ()):
-                if j in seen:
-                    continue
-                seen.add(j)
-                other = self.sets[j]
-                if len(sh & other) / max(1, len(sh | other)) >= self.threshold:
-                    return j
-        idx = len(self.sets)
-        self.sets.append(sh)
-        for key in keys:
-            self.buckets[key].append(idx)
-        return None
 
 
 # --------------------------------------------------------------------------------------------
@@ -263,7 +213,10 @@ def run_filters(records: Iterable[dict[str, Any]], cfg: Mapping[str, Any] | None
     kept = []
     seen_exact: set[str] = set()
     nd = cfg["near_dedup"]
-    lsh = MinHashLSH(float(nd["threshold"]), int(nd["num_perm"]), int(nd["bands"])) if nd["enabled"] else None
+    try:
+        lsh = MinHashLSH(float(nd["threshold"]), int(nd["num_perm"]), int(nd["bands"])) if nd["enabled"] else None
+    except ValueError as e:  # name the config key the numbers came from
+        raise ValueError(f"filters.near_dedup: {e}") from None
     for rec in chosen:
         if cfg["exact_dedup"]:
             h = hashlib.sha256(normalise(_text(rec)).encode()).hexdigest()

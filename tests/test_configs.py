@@ -98,3 +98,54 @@ def test_unknown_key_fails_with_its_name():
         _compose("train", ["lossx.temperature=2"])
     with pytest.raises(Exception, match="temprature"):
         _compose("train", ["loss.temprature=2"])
+
+
+# ------------------------------------------------------------------ evaluation: conf/eval/**
+# Each preset is composed with the `eval` primary config, as `distill-eval <group>=<name>` does,
+# and every part is built (keys checked against the classes; no weights, files or API clients).
+EVAL_FILES = sorted((CONF / "eval").rglob("*.yaml"))
+# What a user gives on the command line for the `???` / required keys of each preset.
+EVAL_FILL = {"eval/benchmark/jsonl": ["benchmark.path=x.jsonl", "model.path=x"],
+             "eval/model/answers": ["model.answers=x.jsonl"],
+             "eval/model/lora": ["model.adapter=x"],
+             "eval/model/checkpoint": ["model.checkpoint=x"],
+             "eval/model/reference": [], "eval/model/api": [],
+             "eval/compare/teacher_base_distilled": [f"models.{k}.path=x" for k in
+                                                     ("teacher", "base", "distilled")]}
+
+
+def eval_overrides(path: Path) -> list[str]:
+    rel = path.relative_to(CONF).with_suffix("")
+    group = "/".join(rel.parts[:-1])
+    choice = f"{'+' if group == 'eval/compare' else ''}{group}={rel.name}"
+    return [choice, *EVAL_FILL.get(str(rel), ["model.path=x"])]
+
+
+@pytest.mark.parametrize("path", EVAL_FILES, ids=lambda p: str(p.relative_to(CONF)))
+def test_every_eval_config_builds(path):
+    from distill.evaluation.benchmarks import BenchmarkSpec
+    from distill.evaluation.cli import model_sources
+    from distill.evaluation.heldout import HeldoutSettings
+    from distill.evaluation.settings import GenerationSettings
+    from distill.evaluation.targets import build
+    from distill.sandbox import SandboxConfig
+
+    cfg = _compose("eval", eval_overrides(path))
+    assert isinstance(build(cfg.benchmark, "benchmark", BenchmarkSpec), BenchmarkSpec)
+    assert model_sources(cfg)
+    plain = OmegaConf.to_container(cfg, resolve=False)
+    GenerationSettings.from_mapping(plain["generation"])
+    SandboxConfig.from_mapping(plain["sandbox"])
+    HeldoutSettings.from_mapping(plain["heldout"])
+
+
+def test_a_misspelt_eval_key_fails_with_its_name():
+    from distill.config import ConfigError
+    from distill.evaluation.benchmarks import BenchmarkSpec
+    from distill.evaluation.targets import build
+
+    with pytest.raises(Exception, match="limt"):
+        _compose("eval", ["benchmark.limt=3"])
+    cfg = _compose("eval", ["+benchmark.limt=3"])  # forced in: the class still refuses it
+    with pytest.raises(ConfigError, match=r"benchmark\.limt: unknown key"):
+        build(cfg.benchmark, "benchmark", BenchmarkSpec)

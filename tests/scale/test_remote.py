@@ -178,9 +178,13 @@ def test_a_remote_step_equals_the_step_from_the_same_teacher_cached_as_top_k(ser
                           "cache.encoding.tail=float32", "cache.max_steps=2"], tmp_path / "cache_run",
                          config_name="cache_logits"))
     cached, remote = tmp_path / "cached", tmp_path / "remote"
-    train(compose([*SMALL, "teacher=cached", "teacher.source=tiny_random", f"teacher.k={K}", f"teacher.path={cache}"],
-                  cached))
-    train(compose([*SMALL, "teacher=remote", f"teacher.url={server}", f"teacher.k={K}", "teacher.model=tiny"], remote))
+    at_cached = train(compose([*SMALL, "teacher=cached", "teacher.source=tiny_random", f"teacher.k={K}",
+                               f"teacher.path={cache}"], cached))
+    at_remote = train(compose([*SMALL, "teacher=remote", f"teacher.url={server}", f"teacher.k={K}", "teacher.model=tiny"],
+                              remote))
+    # validation scores the served teacher too (it brings no batch fields), as it scores the cache's val split
+    for key in ("val/loss", "val/kl_sparse", "val/agreement"):
+        assert at_remote[key] == pytest.approx(at_cached[key], abs=1e-5, rel=1e-5), key
     a, b = _steps(cached), _steps(remote)
     assert sorted(a) == sorted(b) == [0, 1]
     for step in a:

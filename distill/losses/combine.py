@@ -24,11 +24,15 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from distill.losses.components import (TEACHER_ATTN, TEACHER_HIDDEN, TEACHER_LAST_HIDDEN, TEACHER_LOGITS,
-                                       LossComponent, LossInputs)
+from distill.losses.base import LogitLoss, LossComponent
+from distill.losses.execution import ExecutionName, make_execution
+from distill.losses.inputs import LossInputs, MaskedTeacher, PerToken, as_result
 from distill.losses.schedules import Schedule, as_schedule
+from distill.losses.strategy import Execution
 from distill.losses.weighting import TokenWeighting
-from distill.types import TEACHER_NEEDS, ModelInfo, StudentOutput, TeacherKind, TeacherOutput
+from distill.types import TEACHER_NEEDS, ModelInfo, Need, StudentOutput, TeacherKind, TeacherOutput
+
+TEACHER_LOGITS, TEACHER_LAST_HIDDEN = Need.TEACHER_LOGITS, Need.TEACHER_LAST_HIDDEN
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +50,19 @@ class DistillationLoss(nn.Module):
             entropy selection, difficulty focus), or None (every token counts 1).
         weighted: names of the components the token weights apply to; None = every component that
             reads the teacher's logits (the distillation terms; a hard-label CE keeps all tokens).
+        execution: how the logit components (cross-entropy and the divergences) run: "plain" (whole
+            batch, autograd), "chunked" (bounded memory) or "fused" (from the student's hidden states
+            and head, no full logits); see :mod:`distill.losses.strategy`. A component given its own
+            ``execution`` keeps it. Against a top-k teacher every strategy computes the divergence on
+            the teacher's buckets.
+        chunk_size: tokens per chunk for chunked / fused (None: about ``2^24 / V``).
+        backend: fused only: "auto" (Liger kernels on CUDA when installed), "torch" or "liger".
     """
 
     def __init__(self, components: Mapping[str, LossComponent], weights: Mapping[str, float | Schedule],
                  temperature: float | Schedule = 1.0, token_weighting: TokenWeighting | None = None,
-                 weighted: list[str] | None = None):
+                 weighted: list[str] | None = None, execution: ExecutionName | Execution = "plain",
+                 chunk_size: int | None = None, backend: str = "auto"):
         super().__init__()
         if not components:
             raise ValueError("loss.components is empty: name at least one component (e.g. loss=kd or loss=ce)")
@@ -66,6 +78,12 @@ class DistillationLoss(nn.Module):
         if missing:
             raise ValueError(f"loss.weights is missing {missing}; give each component a weight "
                              "(a number or a schedule)")
+        self.execution = make_execution(execution, chunk_size, backend)
+        for name, comp in components.items():
+            if isinstance(comp, LogitLoss):
+                own = comp.execution
+                comp.bind(self.execution if own is None else
+                          make_execution(own, owner=f"loss.components.{name}.execution"))
         self.components = nn.ModuleDict(dict(components))
         self.weights = {name: as_schedule(w) for name, w in weights.items()}
         self.temperature = as_schedule(temperature)
@@ -122,10 +140,9 @@ class DistillationLoss(nn.Module):
                             "online teacher (teacher=cross_tokenizer when the tokenizers differ); a cached teacher "
                             "stores only a top-k support.")
                 elif teacher_kind == TeacherKind.SPARSE:
-                    # The usual slip: teacher=cached with the default loss=kd (full-logit ForwardKL).
-                    hint = ("A cached teacher holds top-k log-probs: use loss=kd_chunked or loss=kd_fused, or the "
-                            "sparse-capable components in distill.losses.sparse (SparseForwardKL, SparseReverseKL, "
-                            "SparseGeneralizedJSD).")
+                    hint = ("A cached teacher holds top-k log-probs, and this component needs every entry of the "
+                            "teacher's distribution: use a divergence that accepts a sparse teacher (its "
+                            "teacher_kinds include 'sparse', e.g. loss=kd), or an online teacher.")
                 raise ValueError(
                     f"loss component '{name}' ({type(comp).__name__}) cannot use a teacher of kind "
                     f"'{teacher_kind}' (it accepts {sorted(comp.teacher_kinds)}). {hint}")
@@ -163,8 +180,14 @@ class DistillationLoss(nn.Module):
             num_tokens = mask.sum()
         denom = torch.as_tensor(num_tokens, dtype=torch.float32, device=targets.device).clamp_min(1.0)
         temperature = self.temperature(step)
-        inputs = LossInputs(student=student, teacher=teacher, targets=targets, mask=mask,
-                            temperature=temperature, step=step, token_weights=mask.float() / denom)
+        # Token weights in the precision the logit losses compute in, so float64 stays float64.
+        ref = student.logits if student.logits is not None else student.last_hidden
+        wdtype = torch.promote_types(ref.dtype, torch.float32) if ref is not None else torch.float32
+        wdenom = denom if wdtype == torch.float32 else denom.to(wdtype)
+        masked_teacher = MaskedTeacher(teacher, mask)
+        cache = {"grad": torch.is_grad_enabled()}
+        inputs = LossInputs(student=student, teacher=masked_teacher, targets=targets, mask=mask,
+                            temperature=temperature, step=step, token_weights=mask.to(wdtype) / wdenom, cache=cache)
         total = torch.zeros((), dtype=torch.float32, device=targets.device)
         logs: dict[str, float] = {}
         tokens = None
@@ -174,8 +197,9 @@ class DistillationLoss(nn.Module):
             # sums over the step's micro-batches give the step's mean weight and kept fraction
             logs["tw_mean"] = tokens.sum() / denom
             logs["tw_kept"] = (tokens > 0).sum() / denom
-            weighted_inputs = LossInputs(student=student, teacher=teacher, targets=targets, mask=mask,
-                                         temperature=temperature, step=step, token_weights=tokens / denom)
+            weighted_inputs = LossInputs(student=student, teacher=masked_teacher, targets=targets, mask=mask,
+                                         temperature=temperature, step=step, token_weights=tokens.to(wdtype) / wdenom,
+                                         cache=cache)
         for name, comp in self.components.items():
             weight = self.weights[name](step)
             logs[f"w_{name}"] = weight
@@ -184,11 +208,13 @@ class DistillationLoss(nn.Module):
             scaled = name in self.weighted
             # A component switched off by its schedule is still measured, without building a graph.
             with torch.set_grad_enabled(torch.is_grad_enabled() and weight != 0.0):
-                values = comp(weighted_inputs if scaled else inputs)
-                if values.dim() and scaled:
-                    values = values * tokens
-                # torch.where (not multiply) so a NaN/inf at a masked position cannot leak in.
-                value = torch.where(mask, values, 0.0).sum() / denom if values.dim() else values
+                out = as_result(comp(weighted_inputs if scaled else inputs), f"'{name}' ({type(comp).__name__})")
+                if isinstance(out, PerToken):
+                    values = out.values * tokens if scaled else out.values
+                    # torch.where (not multiply): the value at a masked position is dropped, not scaled
+                    value = torch.where(mask, values, 0.0).sum() / denom
+                else:
+                    value = out.value
             if weight != 0.0:
                 total = total + weight * value
             logs[name] = value.detach()

@@ -2,9 +2,11 @@
 
 A component turns a student's and a teacher's outputs into **per-token values** ``(B, L)``; the
 combiner (:mod:`distill.losses.combine`) owns weights, schedules, temperature, masking and
-normalisation. To add your own, subclass :class:`LossComponent` anywhere (your own package is
-fine), declare what it ``needs``, implement ``forward`` and name the class by ``_target_`` in a
-loss config. Nothing in ``distill/`` has to change.
+normalisation. To add your own, subclass :class:`~distill.losses.base.LossComponent` anywhere (your
+own package is fine), declare what it ``needs``, implement ``forward`` and name the class by
+``_target_`` in a loss config; for a divergence subclass :class:`~distill.losses.base.Divergence`
+and write only ``per_token`` (it then runs plain, chunked, fused and on a sparse teacher). Nothing in
+``distill/`` has to change.
 
 Alignment: every tensor is per input position. ``inputs.targets[:, t]`` is the token that
 position ``t`` predicts (the next token) or ``-100``; ``inputs.mask`` is ``targets != -100``.
@@ -13,15 +15,19 @@ Logits are ``(B, L, V)``, hidden states ``(B, L, D)``, attentions ``(B, H, L, L)
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import ClassVar
+from functools import partial
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from distill.losses import functional as LF
-from distill.types import (ModelInfo, Need, StudentOutput, TeacherKind, TeacherOutput, as_needs,
-                          as_teacher_kinds)
+from distill.losses.base import Divergence, LogitLoss, LossComponent  # noqa: F401  (the names configs use)
+from distill.losses.inputs import LossInputs, PerToken, Reduced  # noqa: F401
+from distill.losses.kernels import cross_entropy_kernel, forward_kl_kernel, jsd_kernel, reverse_kl_kernel
+from distill.losses.sparse import REVERSE_KL_MIN_LOG_PROB, sparse_forward_kl_kernel
+from distill.losses.targets import Labels, Target
+from distill.types import ModelInfo, Need, TeacherKind  # noqa: F401
 
 # The contract's names, kept here too so that components written against them keep importing.
 STUDENT_LOGITS, TEACHER_LOGITS = Need.STUDENT_LOGITS, Need.TEACHER_LOGITS
@@ -31,148 +37,105 @@ STUDENT_LAST_HIDDEN, TEACHER_LAST_HIDDEN = Need.STUDENT_LAST_HIDDEN, Need.TEACHE
 FULL, SPARSE, NONE = TeacherKind.FULL, TeacherKind.SPARSE, TeacherKind.NONE
 
 
-@dataclass
-class LossInputs:
-    """Everything a component may read for one micro-batch.
-
-    Attributes:
-        student: the student's outputs.
-        teacher: the teacher's outputs (``kind`` "full", "sparse" or "none").
-        targets: ``(B, L)`` next-token ids, ``-100`` where no loss applies.
-        mask: ``(B, L)`` bool, ``targets != -100``.
-        temperature: current distillation temperature (from the combiner's schedule).
-        step: optimizer steps taken so far.
-        token_weights: ``(B, L)`` float32, ``mask / N_step``. Components that reduce internally
-            (chunked / fused kernels that compute gradients chunk by chunk) return the scalar
-            ``sum(token_weights * value)`` instead of per-token values.
-    """
-
-    student: StudentOutput
-    teacher: TeacherOutput
-    targets: torch.Tensor
-    mask: torch.Tensor
-    temperature: float = 1.0
-    step: int = 0
-    token_weights: torch.Tensor | None = None
-
-
-class LossComponent(nn.Module):
-    """Base class of every loss term.
-
-    Class attributes:
-        needs: which outputs the component reads (:class:`~distill.types.Need` members). The module
-            asks the models for hidden states / attentions only when some active component needs them.
-        teacher_kinds: which :class:`~distill.types.TeacherKind` forms the component can use;
-            checked before training so a mismatch fails early with a clear message. Plain strings
-            are accepted and checked when the class is defined (a typo is a ``TypeError``).
-        uses_temperature: whether the combiner's temperature applies (logged only then).
-        shared_vocabulary: whether the component compares student and teacher id by id, so both need
-            one tokenizer (True for every logit loss except ULD, which compares sorted distributions).
-    """
-
-    needs: ClassVar[frozenset[Need]] = frozenset()
-    teacher_kinds: ClassVar[frozenset[TeacherKind]] = frozenset(TeacherKind)
-    uses_temperature: ClassVar[bool] = False
-    shared_vocabulary: ClassVar[bool] = True
-
-    def __init_subclass__(cls, **kwargs):
-        # A misspelt need or teacher kind would otherwise be a silent set miss (the models are
-        # never asked for it, or a kind check never matches): refuse it when the class is defined.
-        super().__init_subclass__(**kwargs)
-        cls.needs = as_needs(cls.needs, cls.__name__)
-        cls.teacher_kinds = as_teacher_kinds(cls.teacher_kinds, cls.__name__)
-
-    def configure(self, student: ModelInfo, teacher: ModelInfo | None) -> None:
-        """Build shape-dependent parts (projections) and validate, before training starts.
-
-        Raise ``ValueError`` naming what is wrong and how to fix it.
-        """
-
-    def forward(self, inputs: LossInputs) -> torch.Tensor:  # pragma: no cover - interface
-        """Return per-token values ``(B, L)`` (masked and normalised by the combiner), or a 0-dim
-        tensor already reduced with ``inputs.token_weights``."""
-        raise NotImplementedError
-
-
-class CrossEntropy(LossComponent):
+class CrossEntropy(LogitLoss):
     """Hard-label cross-entropy on the data: ``-log q_S(y_t)``.
 
     The supervised term of Hinton et al. (2015), and the whole loss of sequence-level KD (Kim &
-    Rush, 2016) where the data itself was written by the teacher.
+    Rush, 2016) where the data itself was written by the teacher. Read from the student's
+    log-softmax that the step's divergences share (at ``T = 1``).
     """
 
-    needs = frozenset({STUDENT_LOGITS})
+    def per_token(self, student_lp: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        # nll_loss on log_softmax is what F.cross_entropy computes: same values and gradient, bit for bit
+        flat = F.nll_loss(student_lp.reshape(-1, student_lp.shape[-1]), labels.reshape(-1), reduction="none",
+                          ignore_index=LF.IGNORE_INDEX)
+        return flat.reshape(labels.shape)
 
-    def forward(self, inputs: LossInputs) -> torch.Tensor:
-        return LF.cross_entropy(inputs.student.logits, inputs.targets)
+    def target(self, inputs: LossInputs) -> Target:
+        return Labels(inputs.targets)
 
+    def closed_form(self, target: Target, temperature: float):
+        return cross_entropy_kernel
 
-class _LogitDivergence(LossComponent):
-    """Shared plumbing for divergences between next-token distributions."""
-
-    needs = frozenset({STUDENT_LOGITS, TEACHER_LOGITS})
-    teacher_kinds = frozenset({FULL})
-    uses_temperature = True
-
-    def __init__(self, scale_by_t2: bool = True):
-        super().__init__()
-        self.scale_by_t2 = scale_by_t2
-
-    def configure(self, student: ModelInfo, teacher: ModelInfo | None) -> None:
-        if teacher is None:
-            raise ValueError(f"{type(self).__name__} compares student and teacher logits, but the run "
-                             "has no teacher (teacher=none). Pick an open-weight or cached teacher, "
-                             "or use loss=ce.")
-
-    def divergence(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor,
-                   temperature: float) -> torch.Tensor:
-        raise NotImplementedError
-
-    def forward(self, inputs: LossInputs) -> torch.Tensor:
-        t = inputs.temperature
-        value = self.divergence(inputs.student.logits, inputs.teacher.logits.detach(), t)
-        # Gradients of the softened KL scale as 1/T^2; multiplying by T^2 keeps the soft term's
-        # magnitude comparable to the hard term when T changes (Hinton et al., 2015, sec. 2).
-        return value * (t * t) if self.scale_by_t2 else value
+    def liger(self, liger, target, hidden, weight, token_weights, temperature):
+        return liger.cross_entropy(hidden, weight, target.labels, token_weights)
 
 
-class ForwardKL(_LogitDivergence):
+class ForwardKL(Divergence):
     """Soft forward KL (Hinton et al., 2015, "Distilling the Knowledge in a Neural Network").
 
     ``T^2 * KL(p_T^T || q_S^T)`` per token, with ``p^T = softmax(z / T)``. Mean-seeking: the
-    student spreads mass over everything the teacher finds plausible.
+    student spreads mass over everything the teacher finds plausible. Against an importance-sampled
+    cache, the unbiased estimator of Anshumann et al. (2025) (:mod:`distill.losses.sparse`).
     """
 
-    def divergence(self, student_logits, teacher_logits, temperature):
-        return LF.forward_kl(student_logits, teacher_logits, temperature)
+    def per_token(self, student_lp, teacher_lp):
+        return LF.kl_from_log_probs(teacher_lp, student_lp)
+
+    def supports_sampled(self) -> bool:
+        return True
+
+    def closed_form(self, target: Target, temperature: float):
+        if target.sparse:
+            return partial(sparse_forward_kl_kernel, temperature=temperature, sampled=target.sampled)
+        return partial(forward_kl_kernel, temperature=temperature)
+
+    def liger(self, liger, target, hidden, weight, token_weights, temperature):
+        return liger.jsd(hidden, weight, target.head, token_weights, 0.0, temperature)
 
 
-class ReverseKL(_LogitDivergence):
+class ReverseKL(Divergence):
     """Reverse KL (Gu et al., 2024, "MiniLLM: Knowledge Distillation of Large Language Models").
 
     ``T^2 * KL(q_S^T || p_T^T)`` per token. Mode-seeking: the student commits to the teacher's
     main modes instead of covering its tail, which suits small students on open-ended generation.
+    On a top-k teacher the teacher's buckets are floored at ``1e-12`` (it is in the denominator).
     """
 
-    def divergence(self, student_logits, teacher_logits, temperature):
-        return LF.reverse_kl(student_logits, teacher_logits, temperature)
+    def per_token(self, student_lp, teacher_lp):
+        return LF.kl_from_log_probs(student_lp, teacher_lp)
+
+    def sparse_floor(self) -> float | None:
+        return REVERSE_KL_MIN_LOG_PROB
+
+    def closed_form(self, target: Target, temperature: float):
+        return None if target.sparse else partial(reverse_kl_kernel, temperature=temperature)
+
+    def liger(self, liger, target, hidden, weight, token_weights, temperature):
+        return liger.jsd(hidden, weight, target.head, token_weights, 1.0, temperature)
 
 
-class GeneralizedJSD(_LogitDivergence):
+class GeneralizedJSD(Divergence):
     """Generalised JSD (Agarwal et al., 2024, "On-Policy Distillation of Language Models" / GKD).
 
     ``T^2 * [beta KL(p || m) + (1 - beta) KL(q || m)]`` with ``m = beta p + (1 - beta) q``;
     ``beta = 0`` is forward KL and ``beta = 1`` reverse KL (TRL's convention).
     """
 
-    def __init__(self, beta: float = 0.5, scale_by_t2: bool = True):
-        super().__init__(scale_by_t2)
+    def __init__(self, beta: float = 0.5, scale_by_t2: bool = True, execution=None):
+        super().__init__(scale_by_t2, execution)
         if not 0.0 <= beta <= 1.0:
             raise ValueError(f"loss component GeneralizedJSD: beta must be in [0, 1], got {beta}")
         self.beta = float(beta)
 
-    def divergence(self, student_logits, teacher_logits, temperature):
-        return LF.generalized_jsd(student_logits, teacher_logits, self.beta, temperature)
+    def per_token(self, student_lp, teacher_lp):
+        return LF.jsd_from_log_probs(student_lp, teacher_lp, self.beta)
+
+    def sparse_floor(self) -> float | None:
+        return REVERSE_KL_MIN_LOG_PROB if self.beta == 1.0 else None
+
+    def supports_sampled(self) -> bool:
+        return self.beta == 0.0  # forward KL
+
+    def closed_form(self, target: Target, temperature: float):
+        if not target.sparse:
+            return partial(jsd_kernel, temperature=temperature, beta=self.beta)
+        if self.beta == 0.0:
+            return partial(sparse_forward_kl_kernel, temperature=temperature, sampled=target.sampled)
+        return None
+
+    def liger(self, liger, target, hidden, weight, token_weights, temperature):
+        return liger.jsd(hidden, weight, target.head, token_weights, self.beta, temperature)
 
 
 def resolve_layer_map(layer_map: str | list, student_layers: int, teacher_layers: int,

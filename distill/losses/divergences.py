@@ -1,13 +1,13 @@
 """The newer per-token divergences (2024-26): skew KL, total variation, AKL, ToDi and ULD.
 
-Pure functions in the style of :mod:`distill.losses.functional`: logits ``(..., V)`` in, **one
-value per token** ``(...)`` out, float32 or wider (inputs are upcast before ``log_softmax``, whose
+Pure functions in the style of :mod:`distill.losses.functional`: logits ``(..., V)`` in (or, in the
+``*_lp`` forms the components use, log-probabilities: student ``lq`` first), **one value per token** ``(...)`` out, float32 or wider (inputs are upcast before ``log_softmax``, whose
 ``-inf`` clamp keeps one-hot / masked teachers finite in value and gradient). Nothing here masks
 or reduces; the combiner does (:mod:`distill.losses.combine`). ``p`` is the teacher distribution,
 ``q`` the student's, both softened by the temperature ``T``.
 
-Each function is written so that the chunked and fused components can run it row block by row
-block (:func:`distill.losses.kernels.autograd_kernel`): it only ever reduces over the last dim.
+Each function only ever reduces over the last dim, so chunked and fused execution can run it row
+block by row block (:func:`distill.losses.kernels.autograd_kernel`).
 """
 
 from __future__ import annotations
@@ -44,7 +44,11 @@ def skew_forward_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, 
     forward KL. Shapes as :func:`distill.losses.functional.forward_kl`.
     """
     alpha = _check_alpha(alpha, "skew_forward_kl")
-    lp, lq = log_probs(teacher_logits, temperature), log_probs(student_logits, temperature)
+    return skew_forward_kl_lp(log_probs(student_logits, temperature), log_probs(teacher_logits, temperature), alpha)
+
+
+def skew_forward_kl_lp(lq: torch.Tensor, lp: torch.Tensor, alpha: float) -> torch.Tensor:
+    """:func:`skew_forward_kl` from the student's ``lq`` and the teacher's ``lp`` log-probabilities."""
     return kl_from_log_probs(lp, _mix(lp, lq, alpha))
 
 
@@ -55,7 +59,11 @@ def skew_reverse_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, 
     ``alpha = 0`` is reverse KL. Shapes as :func:`distill.losses.functional.forward_kl`.
     """
     alpha = _check_alpha(alpha, "skew_reverse_kl")
-    lp, lq = log_probs(teacher_logits, temperature), log_probs(student_logits, temperature)
+    return skew_reverse_kl_lp(log_probs(student_logits, temperature), log_probs(teacher_logits, temperature), alpha)
+
+
+def skew_reverse_kl_lp(lq: torch.Tensor, lp: torch.Tensor, alpha: float) -> torch.Tensor:
+    """:func:`skew_reverse_kl` from log-probabilities."""
     return kl_from_log_probs(lq, _mix(lq, lp, alpha))
 
 
@@ -66,9 +74,12 @@ def total_variation(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
     Bounded and symmetric; its gradient does not blow up where either side has ~0 mass (as in
     DistillKit's TVD loss). At ``p_v = q_v`` the subgradient is taken as 0 (``sign(0) = 0``).
     """
-    p = log_probs(teacher_logits, temperature).exp()
-    q = log_probs(student_logits, temperature).exp()
-    return 0.5 * (p - q).abs().sum(-1)
+    return total_variation_lp(log_probs(student_logits, temperature), log_probs(teacher_logits, temperature))
+
+
+def total_variation_lp(lq: torch.Tensor, lp: torch.Tensor) -> torch.Tensor:
+    """:func:`total_variation` from log-probabilities."""
+    return 0.5 * (lp.exp() - lq.exp()).abs().sum(-1)
 
 
 def akl_weights(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mu: float = 0.5,
@@ -81,9 +92,13 @@ def akl_weights(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mu: 
     Where ``g_head + g_tail = 0`` (identical distributions) both weights are 1/2: the paper leaves
     0/0 undefined, and either KL is 0 there anyway.
     """
+    return akl_weights_lp(log_probs(student_logits, temperature), log_probs(teacher_logits, temperature), mu)
+
+
+def akl_weights_lp(lq: torch.Tensor, lp: torch.Tensor, mu: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`akl_weights` from log-probabilities."""
     with torch.no_grad():
-        p = log_probs(teacher_logits, temperature).exp()
-        q = log_probs(student_logits, temperature).exp()
+        p, q = lp.exp(), lq.exp()
         p_sorted, order = p.sort(dim=-1, descending=True)
         errors = (p_sorted - q.gather(-1, order)).abs()
         tail = p_sorted.cumsum(-1) > mu
@@ -108,8 +123,12 @@ def adaptive_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mu: 
     """
     if not 0.0 < mu <= 1.0:
         raise ValueError(f"adaptive_kl: mu must be in (0, 1], got {mu}")
-    w_head, w_tail = akl_weights(student_logits, teacher_logits, mu, temperature)
-    lp, lq = log_probs(teacher_logits, temperature), log_probs(student_logits, temperature)
+    return adaptive_kl_lp(log_probs(student_logits, temperature), log_probs(teacher_logits, temperature), mu)
+
+
+def adaptive_kl_lp(lq: torch.Tensor, lp: torch.Tensor, mu: float = 0.5) -> torch.Tensor:
+    """:func:`adaptive_kl` from log-probabilities."""
+    w_head, w_tail = akl_weights_lp(lq, lp, mu)
     return w_head * kl_from_log_probs(lp, lq) + w_tail * kl_from_log_probs(lq, lp)
 
 
@@ -129,7 +148,11 @@ def todi(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature
     weight is ``sigmoid(log p_v - log q_v)`` with no extra scale inside the sigmoid (the form the
     paper's method summary gives; a scaled variant is not implemented).
     """
-    lp, lq = log_probs(teacher_logits, temperature), log_probs(student_logits, temperature)
+    return todi_lp(log_probs(student_logits, temperature), log_probs(teacher_logits, temperature))
+
+
+def todi_lp(lq: torch.Tensor, lp: torch.Tensor) -> torch.Tensor:
+    """:func:`todi` from log-probabilities."""
     diff = lp - lq
     a = torch.sigmoid(diff).detach()
     return (a * lp.exp() * diff - (1.0 - a) * lq.exp() * diff).sum(-1)
@@ -146,8 +169,13 @@ def uld(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature:
     The padding is never materialised: the entries past ``min(V_s, V_t)`` of the longer vector
     are compared with 0, so they add their plain sum.
     """
-    p = log_probs(teacher_logits, temperature).exp().sort(dim=-1, descending=True).values
-    q = log_probs(student_logits, temperature).exp().sort(dim=-1, descending=True).values
+    return uld_lp(log_probs(student_logits, temperature), log_probs(teacher_logits, temperature))
+
+
+def uld_lp(lq: torch.Tensor, lp: torch.Tensor) -> torch.Tensor:
+    """:func:`uld` from log-probabilities (``lq (..., V_s)``, ``lp (..., V_t)``)."""
+    p = lp.exp().sort(dim=-1, descending=True).values
+    q = lq.exp().sort(dim=-1, descending=True).values
     n = min(p.shape[-1], q.shape[-1])
     value = (p[..., :n] - q[..., :n]).abs().sum(-1)
     if p.shape[-1] > n:

@@ -98,8 +98,11 @@ def generalized_jsd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, 
     """
     if not 0.0 <= beta <= 1.0:
         raise ValueError(f"generalized_jsd: beta must be in [0, 1], got {beta}")
-    s = log_probs(student_logits, temperature)
-    t = log_probs(teacher_logits, temperature)
+    return jsd_from_log_probs(log_probs(student_logits, temperature), log_probs(teacher_logits, temperature), beta)
+
+
+def jsd_from_log_probs(s: torch.Tensor, t: torch.Tensor, beta: float = 0.5) -> torch.Tensor:
+    """:func:`generalized_jsd` from the student's and the teacher's log-probabilities ``(..., V)``."""
     if beta == 0.0:
         return kl_from_log_probs(t, s)
     if beta == 1.0:

@@ -2,10 +2,10 @@
 
 This is the numeric core under :mod:`distill.losses.chunked` (components on full logits) and
 :mod:`distill.losses.fused` (components on hidden states + output head): it knows nothing of
-components, teachers or configs, only float32 rows.
+components, teachers or configs, only rows of numbers.
 
-A **kernel** maps one chunk of float32 student logits ``s (n, V)`` (owned by the kernel; it may
-modify it in place) and the matching teacher rows to ``(values (n,), dvalues/ds (n, V) or None)``.
+A **kernel** maps one chunk of student logits ``s (n, V)`` in float32 (float64 for float64 inputs,
+:func:`compute_dtype`; owned by the kernel, which may modify it in place) and the matching teacher rows to ``(values (n,), dvalues/ds (n, V) or None)``.
 With ``a = s / T``, ``q = softmax(a)``, ``p = softmax(t / T)`` and ``d/ds = (d/da) / T``:
 
 * forward KL ``sum p (log p - log q)``: ``d/da = q - p``.
@@ -44,6 +44,12 @@ Kernel = Callable[[torch.Tensor, Any, bool], tuple[torch.Tensor, torch.Tensor | 
 RowFetch = Callable[[Index], Any]
 
 
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The precision a chunk is computed in: float32 for half precision (a softmax over 150k logits
+    in bf16 loses the tail), the input's own for float32 and float64 (so float64 runs stay exact)."""
+    return torch.promote_types(dtype, torch.float32)
+
+
 def rows_per_chunk(vocab_size: int, chunk_size: int | None = None) -> int:
     """Tokens per chunk: ``chunk_size`` if given, else about ``DEFAULT_CHUNK_ELEMENTS / V``."""
     if chunk_size is not None:
@@ -54,7 +60,7 @@ def rows_per_chunk(vocab_size: int, chunk_size: int | None = None) -> int:
 
 
 def log_softmax_(x: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """``log_softmax(x / T)`` **in place** on an owned float32 chunk.
+    """``log_softmax(x / T)`` **in place** on an owned float32 (or float64) chunk.
 
     In place because the caller's argument reference keeps ``x`` alive during the kernel: a new
     buffer would be one more ``(n, V)`` tensor at the peak. Clamped as
@@ -63,7 +69,7 @@ def log_softmax_(x: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     if temperature != 1.0:
         x.div_(temperature)
     x.sub_(torch.logsumexp(x, dim=-1, keepdim=True))
-    return x.clamp_min_(FMIN)
+    return x.clamp_min_(FMIN if x.dtype == torch.float32 else torch.finfo(x.dtype).min)
 
 
 def rowdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -199,13 +205,14 @@ class ChunkedLoss(torch.autograd.Function):
                 fetch: RowFetch, rows: int, need_grad: bool) -> torch.Tensor:
         idx = token_index(token_weights)
         n = idx[0].numel()
-        total = torch.zeros((), dtype=torch.float32, device=student_logits.device)
+        dtype = compute_dtype(student_logits.dtype)
+        total = torch.zeros((), dtype=dtype, device=student_logits.device)
         grad = torch.zeros_like(student_logits) if need_grad else None
         for a in range(0, n, rows):
             ic = take(idx, a, a + rows)
             # student_logits[ic] is a fresh copy (advanced indexing): the kernel may overwrite it.
-            value, g = kernel(student_logits[ic].float(), fetch(ic), need_grad)
-            w = token_weights[ic].float()
+            value, g = kernel(student_logits[ic].to(dtype), fetch(ic), need_grad)
+            w = token_weights[ic].to(dtype)
             total += (w * value).sum()
             if need_grad:
                 grad[ic] = g.mul_(w.unsqueeze(1)).to(grad.dtype)
@@ -236,25 +243,26 @@ class FusedLinearLoss(torch.autograd.Function):
                 fetch: RowFetch, rows: int, need_h: bool, need_w: bool) -> torch.Tensor:
         idx = token_index(token_weights)
         n = idx[0].numel()
-        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        dtype = compute_dtype(weight.dtype)
+        total = torch.zeros((), dtype=dtype, device=hidden.device)
         grad_h = torch.zeros_like(hidden) if need_h else None
         # float32 accumulator: summing many bf16 chunk products would lose the small ones.
-        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
+        grad_w = torch.zeros(weight.shape, dtype=dtype, device=weight.device) if need_w else None
         need = need_h or need_w
         wt = weight.T
         for a in range(0, n, rows):
             ic = take(idx, a, a + rows)
             h = hidden[ic].to(weight.dtype)
             # Logits in the model dtype (as the plain head computes them), then float32.
-            value, g = kernel((h @ wt).float(), fetch(ic), need)
-            w = token_weights[ic].float()
+            value, g = kernel((h @ wt).to(dtype), fetch(ic), need)
+            w = token_weights[ic].to(dtype)
             total += (w * value).sum()
             if need:
                 g.mul_(w.unsqueeze(1))
                 if need_h:
                     grad_h[ic] = (g.to(weight.dtype) @ weight).to(hidden.dtype)
                 if need_w:
-                    grad_w.addmm_(g.T, h.float())
+                    grad_w.addmm_(g.T, h.to(dtype))
             del value, g, h
         ctx.grads = (grad_h, grad_w.to(weight.dtype) if grad_w is not None else None)
         return total

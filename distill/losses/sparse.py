@@ -56,10 +56,10 @@ import math
 import torch
 
 from distill.losses import functional as LF
-from distill.losses.components import ForwardKL, GeneralizedJSD, LossInputs, ReverseKL
 from distill.losses.kernels import FMIN as _FMIN  # one copy of the float32 floor (kernels.py)
 from distill.losses.kernels import log_softmax_ as _log_softmax_
-from distill.types import TeacherKind, TeacherOutput
+from distill.types import TeacherOutput
+
 # Reverse KL puts teacher log-probabilities in the denominator: a tail bucket the teacher gives
 # (numerically) zero mass would make the divergence infinite. Teacher buckets are floored here.
 REVERSE_KL_MIN_LOG_PROB = math.log(1e-12)
@@ -127,11 +127,16 @@ def student_bucket_log_probs(student_logits: torch.Tensor, topk_ids: torch.Tenso
     ids = topk_ids.long()
     if with_tail is None:
         with_tail = _has_tail(ids, student_logits.shape[-1])
-    ls = LF.log_probs(student_logits, temperature)
-    sup = ls.gather(-1, ids)
+    return student_buckets(LF.log_probs(student_logits, temperature), ids, with_tail)
+
+
+def student_buckets(student_lp: torch.Tensor, ids: torch.Tensor, with_tail: bool) -> torch.Tensor:
+    """:func:`student_bucket_log_probs` from the student's log-probabilities ``(..., V)`` (shared with
+    the other components of the step)."""
+    sup = student_lp.gather(-1, ids)
     if not with_tail:
         return sup
-    tail = ls.scatter(-1, ids, float("-inf")).logsumexp(-1, keepdim=True)
+    tail = student_lp.scatter(-1, ids, float("-inf")).logsumexp(-1, keepdim=True)
     return torch.cat([sup, tail], dim=-1)
 
 
@@ -290,29 +295,7 @@ def sparse_forward_kl_kernel(s: torch.Tensor, teacher: tuple[torch.Tensor, ...],
     return value, grad
 
 
-def sparse_bucket_kernel(s: torch.Tensor, teacher: tuple[torch.Tensor, ...], need_grad: bool,
-                         temperature: float = 1.0, divergence: str = "reverse_kl", beta: float = 0.5,
-                         sampled: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Value and gradient of :func:`sparse_reverse_kl` / :func:`sparse_generalized_jsd` for one chunk.
-
-    These have no short closed form through the tail bucket, so the gradient comes from autograd
-    *local to the chunk*: the graph (and its saved tensors) lives only while this chunk is
-    processed, which keeps the memory bound of the chunked/fused paths.
-    """
-    ids, lp, tail = teacher
-    with torch.enable_grad():
-        s = s.detach().requires_grad_(need_grad)
-        if divergence == "reverse_kl":
-            value = sparse_reverse_kl(s, ids, lp, temperature, sampled, tail)
-        else:
-            value = sparse_generalized_jsd(s, ids, lp, beta, temperature, sampled, tail)
-        if not need_grad:
-            return value.detach(), None
-        (grad,) = torch.autograd.grad(value.sum(), s)
-    return value.detach(), grad
-
-
-# ----------------------------------------------------------------------------- components
+# ----------------------------------------------------------------------------- teacher fields
 def teacher_tail(teacher: TeacherOutput) -> torch.Tensor | None:
     """The stored tail mass ``(B, L)`` of a top-k cache, when the teacher output carries one.
 
@@ -320,57 +303,3 @@ def teacher_tail(teacher: TeacherOutput) -> torch.Tensor | None:
     stores; without it the tail is derived from ``topk_logprobs``.
     """
     return getattr(teacher, "tail", None)
-
-
-def _sparse_args(inputs: LossInputs) -> tuple[torch.Tensor, torch.Tensor, bool, torch.Tensor | None]:
-    t: TeacherOutput = inputs.teacher
-    return t.topk_ids, t.topk_logprobs, bool(t.sampled), teacher_tail(t)
-
-
-class SparseForwardKL(ForwardKL):
-    """:class:`~distill.losses.components.ForwardKL` that also accepts a sparse (cached) teacher.
-
-    Full teacher: identical to ``ForwardKL``. Sparse teacher: :func:`sparse_forward_kl` (top-k with
-    tail bucket, or importance-sampled), ``T^2``-scaled like the full version. Returns per-token
-    values ``(B, L)``; for bounded memory use :class:`distill.losses.chunked.ChunkedForwardKL`.
-    """
-
-    teacher_kinds = frozenset({TeacherKind.FULL, TeacherKind.SPARSE})
-
-    def forward(self, inputs: LossInputs) -> torch.Tensor:
-        if inputs.teacher.kind != TeacherKind.SPARSE:
-            return super().forward(inputs)
-        t = inputs.temperature
-        ids, lp, sampled, tail = _sparse_args(inputs)
-        value = sparse_forward_kl(inputs.student.logits, ids, lp, t, sampled, tail)
-        return value * (t * t) if self.scale_by_t2 else value
-
-
-class SparseReverseKL(ReverseKL):
-    """:class:`~distill.losses.components.ReverseKL` that also accepts a top-k teacher
-    (:func:`sparse_reverse_kl`; sampled caches are rejected)."""
-
-    teacher_kinds = frozenset({TeacherKind.FULL, TeacherKind.SPARSE})
-
-    def forward(self, inputs: LossInputs) -> torch.Tensor:
-        if inputs.teacher.kind != TeacherKind.SPARSE:
-            return super().forward(inputs)
-        t = inputs.temperature
-        ids, lp, sampled, tail = _sparse_args(inputs)
-        value = sparse_reverse_kl(inputs.student.logits, ids, lp, t, sampled, tail)
-        return value * (t * t) if self.scale_by_t2 else value
-
-
-class SparseGeneralizedJSD(GeneralizedJSD):
-    """:class:`~distill.losses.components.GeneralizedJSD` that also accepts a top-k teacher
-    (:func:`sparse_generalized_jsd`; sampled caches are rejected)."""
-
-    teacher_kinds = frozenset({TeacherKind.FULL, TeacherKind.SPARSE})
-
-    def forward(self, inputs: LossInputs) -> torch.Tensor:
-        if inputs.teacher.kind != TeacherKind.SPARSE:
-            return super().forward(inputs)
-        t = inputs.temperature
-        ids, lp, sampled, tail = _sparse_args(inputs)
-        value = sparse_generalized_jsd(inputs.student.logits, ids, lp, self.beta, t, sampled, tail)
-        return value * (t * t) if self.scale_by_t2 else value

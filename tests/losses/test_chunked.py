@@ -7,11 +7,17 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from distill.config import compose_config
 from distill.losses import chunked as CH
 from distill.losses import functional as LF
 from distill.losses.combine import DistillationLoss
 from distill.losses.components import CrossEntropy, ForwardKL, GeneralizedJSD, LossInputs, ReverseKL
+from distill.losses.inputs import Reduced
+from distill.losses.targets import FullTeacher
 from distill.types import StudentOutput, TeacherOutput
+from functools import partial
+from distill.losses import components as C
+from tests.losses.strategies import chunked, fused
 
 B, L, V = 3, 7, 29
 CONF = Path(__file__).resolve().parents[2] / "conf" / "loss"
@@ -42,11 +48,11 @@ def run(loss, s, t, y, step=0, teacher_requires_grad=True):
 
 
 PAIRS = [
-    (ForwardKL, CH.ChunkedForwardKL, {}),
-    (ReverseKL, CH.ChunkedReverseKL, {}),
-    (GeneralizedJSD, CH.ChunkedGeneralizedJSD, {"beta": 0.3}),
-    (GeneralizedJSD, CH.ChunkedGeneralizedJSD, {"beta": 0.0}),
-    (GeneralizedJSD, CH.ChunkedGeneralizedJSD, {"beta": 1.0}),
+    (ForwardKL, partial(chunked, C.ForwardKL), {}),
+    (ReverseKL, partial(chunked, C.ReverseKL), {}),
+    (GeneralizedJSD, partial(chunked, C.GeneralizedJSD), {"beta": 0.3}),
+    (GeneralizedJSD, partial(chunked, C.GeneralizedJSD), {"beta": 0.0}),
+    (GeneralizedJSD, partial(chunked, C.GeneralizedJSD), {"beta": 1.0}),
 ]
 
 
@@ -57,7 +63,7 @@ def test_chunked_divergences_match_plain(plain_cls, chunked_cls, kw, chunk_size,
     s, t, y = batch()
     plain = DistillationLoss({"kd": plain_cls(**kw), "ce": CrossEntropy()}, {"kd": 0.8, "ce": 0.2}, temperature)
     chunk = DistillationLoss({"kd": chunked_cls(chunk_size=chunk_size, **kw),
-                              "ce": CH.ChunkedCrossEntropy(chunk_size=chunk_size)}, {"kd": 0.8, "ce": 0.2},
+                              "ce": chunked(C.CrossEntropy, chunk_size=chunk_size)}, {"kd": 0.8, "ce": 0.2},
                              temperature)
     v0, g0, logs0 = run(plain, s, t, y, teacher_requires_grad=False)
     v1, g1, logs1 = run(chunk, s, t, y)
@@ -91,7 +97,7 @@ def test_functional_api_matches_reference_with_num_tokens_of_the_step():
 def test_bf16_inputs_accumulate_in_fp32():
     s, t, y = batch(2, dtype=torch.bfloat16)
     plain = DistillationLoss({"kd": ForwardKL()}, {"kd": 1.0}, 2.0)
-    chunk = DistillationLoss({"kd": CH.ChunkedForwardKL(chunk_size=3)}, {"kd": 1.0}, 2.0)
+    chunk = DistillationLoss({"kd": chunked(C.ForwardKL, chunk_size=3)}, {"kd": 1.0}, 2.0)
     v0, g0, _ = run(plain, s, t, y, teacher_requires_grad=False)
     v1, g1, _ = run(chunk, s, t, y)
     assert v1.dtype == torch.float32 and g1.dtype == torch.bfloat16
@@ -105,8 +111,8 @@ def test_empty_mask_gives_zero_value_and_zero_gradient_without_nan():
     s, t, y = batch(3)
     y[:] = -100
     t[0, 0] = float("nan")  # garbage at a masked position must not leak
-    loss = DistillationLoss({"kd": CH.ChunkedForwardKL(chunk_size=2), "rkl": CH.ChunkedReverseKL(),
-                             "jsd": CH.ChunkedGeneralizedJSD(), "ce": CH.ChunkedCrossEntropy()},
+    loss = DistillationLoss({"kd": chunked(C.ForwardKL, chunk_size=2), "rkl": chunked(C.ReverseKL),
+                             "jsd": chunked(C.GeneralizedJSD), "ce": chunked(C.CrossEntropy)},
                             {"kd": 1.0, "rkl": 1.0, "jsd": 1.0, "ce": 1.0})
     v, g, logs = run(loss, s, t, y)
     assert v.item() == 0.0 and not torch.isnan(v)
@@ -118,7 +124,7 @@ def test_nan_in_masked_teacher_rows_does_not_leak():
     s, t, y = batch(4)
     t_bad = t.clone()
     t_bad[y == -100] = float("nan")
-    loss = DistillationLoss({"kd": CH.ChunkedGeneralizedJSD(chunk_size=4)}, {"kd": 1.0})
+    loss = DistillationLoss({"kd": chunked(C.GeneralizedJSD, chunk_size=4)}, {"kd": 1.0})
     v0, g0, _ = run(loss, s, t, y)
     v1, g1, _ = run(loss, s, t_bad, y)
     assert torch.equal(v0, v1) and torch.equal(g0, g1)
@@ -126,25 +132,30 @@ def test_nan_in_masked_teacher_rows_does_not_leak():
 
 def test_no_grad_and_frozen_student_return_the_value_only():
     s, t, y = batch(5)
-    comp = CH.ChunkedForwardKL(chunk_size=4)
+    comp = chunked(C.ForwardKL, chunk_size=4)
     mask = y != -100
     inputs = LossInputs(StudentOutput(logits=s), TeacherOutput(logits=t), y, mask,
                         token_weights=CH.default_token_weights(mask))
     with torch.no_grad():
-        v = comp(inputs)
+        out = comp(inputs)
     ref = LF.forward_kl(s, t)[mask].mean()
-    assert v.dim() == 0 and not v.requires_grad
-    torch.testing.assert_close(v, ref, rtol=1e-5, atol=0)
+    assert isinstance(out, Reduced)  # the typed contract: already reduced with token_weights
+    assert out.value.dim() == 0 and not out.value.requires_grad
+    torch.testing.assert_close(out.value, ref, rtol=1e-5, atol=0)
     # token_weights=None (called outside the combiner) defaults to the micro-batch token mean
     inputs.token_weights = None
-    torch.testing.assert_close(comp(inputs), ref, rtol=1e-5, atol=0)
+    torch.testing.assert_close(comp(inputs).value, ref, rtol=1e-5, atol=0)
+
+
+def _inputs(s, t, y):
+    return LossInputs(StudentOutput(logits=s), TeacherOutput(logits=t), y, y != -100)
 
 
 def test_kernels_only_see_chunks_of_at_most_chunk_size_rows():
     s, t, y = batch(6)
     mask = y != -100
     seen = []
-    kernel = CH.divergence_kernel("forward_kl")
+    kernel = C.ForwardKL().closed_form(FullTeacher(_inputs(s, t, y)), 1.0)
 
     def spy(x, teacher, need_grad):
         seen.append(x.shape[0])
@@ -154,7 +165,7 @@ def test_kernels_only_see_chunks_of_at_most_chunk_size_rows():
     assert max(seen) <= 5 and sum(seen) == int(mask.sum())
     assert CH.rows_per_chunk(151_936) == 110 and CH.rows_per_chunk(2048) == 8192
     with pytest.raises(ValueError, match="chunk_size"):
-        CH.ChunkedForwardKL(chunk_size=0)
+        chunked(C.ForwardKL, chunk_size=0)
 
 
 def test_kernels_match_autograd_on_extreme_logits():
@@ -163,18 +174,19 @@ def test_kernels_match_autograd_on_extreme_logits():
     s = torch.randn(4, V, generator=g) * 30
     t = torch.randn(4, V, generator=g) * 30
     t[:, :3] = float("-inf")  # the teacher rules some ids out entirely
-    for name, ref in (("forward_kl", LF.forward_kl), ("jsd", lambda a, b, T: LF.generalized_jsd(a, b, 0.5, T))):
+    full = FullTeacher(_inputs(s[None], t[None], torch.zeros(1, 4, dtype=torch.long)))
+    for comp, ref in ((C.ForwardKL(), LF.forward_kl), (C.GeneralizedJSD(), lambda a, b, T: LF.generalized_jsd(a, b, 0.5, T))):
         a = s.clone().requires_grad_()
         ref(a, t, 1.5).sum().backward()
-        value, grad = CH.divergence_kernel(name, temperature=1.5)(s.clone(), t.clone(), True)
+        value, grad = comp.closed_form(full, 1.5)(s.clone(), t.clone(), True)
         torch.testing.assert_close(value, ref(s, t, 1.5), rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(grad, a.grad, rtol=1e-5, atol=1e-6)
         assert torch.isfinite(grad).all()
 
 
 @pytest.mark.parametrize("name", ["kd_chunked", "kd_fused"])
-def test_loss_configs_instantiate_and_match_kd(name):
-    loss = instantiate(OmegaConf.load(CONF / f"{name}.yaml"))
+def test_loss_configs_instantiate_and_match_kd(name, tmp_path):
+    loss = instantiate(compose_config("train", [f"loss={name}"], tmp_path).loss)
     kd = instantiate(OmegaConf.load(CONF / "kd.yaml"))
     assert isinstance(loss, DistillationLoss)
     s, t, y = batch(8)

@@ -13,6 +13,8 @@ from distill.losses import divergences as D
 from distill.losses import methods as M
 from distill.losses.combine import DistillationLoss
 from distill.types import StudentOutput, TeacherKind, TeacherOutput
+from functools import partial
+from tests.losses.strategies import chunked, fused
 
 B, L, V = 2, 7, 13
 
@@ -140,11 +142,11 @@ def test_finite_gradients_at_one_hot_teachers_and_neg_inf_logits(name, fn, ref):
 
 
 # ----------------------------------------------------------------------------- components: plain == chunked == fused
-PLAIN = [(M.SkewForwardKL, M.ChunkedSkewForwardKL, M.FusedSkewForwardKL, {"alpha": 0.2}),
-         (M.SkewReverseKL, M.ChunkedSkewReverseKL, M.FusedSkewReverseKL, {}),
-         (M.TotalVariation, M.ChunkedTotalVariation, M.FusedTotalVariation, {}),
-         (M.AdaptiveKL, M.ChunkedAdaptiveKL, M.FusedAdaptiveKL, {"mu": 0.4}),
-         (M.ToDi, M.ChunkedToDi, M.FusedToDi, {})]
+PLAIN = [(M.SkewForwardKL, partial(chunked, M.SkewForwardKL), partial(fused, M.SkewForwardKL), {"alpha": 0.2}),
+         (M.SkewReverseKL, partial(chunked, M.SkewReverseKL), partial(fused, M.SkewReverseKL), {}),
+         (M.TotalVariation, partial(chunked, M.TotalVariation), partial(fused, M.TotalVariation), {}),
+         (M.AdaptiveKL, partial(chunked, M.AdaptiveKL), partial(fused, M.AdaptiveKL), {"mu": 0.4}),
+         (M.ToDi, partial(chunked, M.ToDi), partial(fused, M.ToDi), {})]
 
 
 def _student(seed, dtype=torch.float32, hidden=6):
@@ -197,13 +199,16 @@ def test_uld_chunked_equals_plain_across_vocabularies():
     h, w = _student(15)
     t = logits(16, (B, L, 2 * V + 1), torch.float32)
     ref = _run(M.UniversalLogitDistillation(), h, w, TeacherOutput(logits=t), fused=False)
-    got = _run(M.ChunkedUniversalLogitDistillation(chunk_size=5), h, w, TeacherOutput(logits=t), fused=False)
+    got = _run(chunked(M.UniversalLogitDistillation, chunk_size=5), h, w, TeacherOutput(logits=t), fused=False)
     for a, b in zip(got, ref):
         close(a, b)
     assert not M.UniversalLogitDistillation.shared_vocabulary
-    assert not M.ChunkedUniversalLogitDistillation.shared_vocabulary
-    assert M.ChunkedToDi.shared_vocabulary and M.SkewForwardKL.shared_vocabulary
-    assert not hasattr(M, "FusedUniversalLogitDistillation")
+    assert not chunked(M.UniversalLogitDistillation).shared_vocabulary
+    assert chunked(M.ToDi).shared_vocabulary and M.SkewForwardKL.shared_vocabulary
+    # fused too: the student head is not cut to the teacher's vocabulary when none is shared
+    got = _run(fused(M.UniversalLogitDistillation, chunk_size=5), h, w, TeacherOutput(logits=t), fused=True)
+    for a, b in zip(got, ref):
+        close(a, b)
 
 
 def test_uld_skips_positions_without_an_aligned_teacher_token():
@@ -212,15 +217,16 @@ def test_uld_skips_positions_without_an_aligned_teacher_token():
     teacher = TeacherOutput(logits=t)
     teacher.positions = torch.ones(B, L, dtype=torch.bool)
     teacher.positions[1] = False
-    for comp in (M.UniversalLogitDistillation(), M.ChunkedUniversalLogitDistillation()):
+    for comp in (M.UniversalLogitDistillation(), chunked(M.UniversalLogitDistillation)):
         loss = DistillationLoss({"uld": comp}, {"uld": 1.0})
         total, _ = loss(StudentOutput(logits=h @ w.T), teacher, _targets(), 0, num_tokens=10)
         expected = torch.where(_targets()[0] != -100, D.uld(h[0] @ w.T, t[0]), 0.0).sum() / 10
         torch.testing.assert_close(total, expected.float(), atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("cls", [M.SkewForwardKL, M.TotalVariation, M.AdaptiveKL, M.ToDi,
-                                 M.UniversalLogitDistillation, M.ChunkedToDi, M.FusedToDi])
+# Skew KL and TV are f-divergences: defined on a top-k teacher's buckets, so accepted (test_strategies.py).
+@pytest.mark.parametrize("cls", [M.AdaptiveKL, M.ToDi, M.UniversalLogitDistillation, partial(chunked, M.ToDi),
+                                 partial(fused, M.ToDi)])
 def test_sparse_teacher_is_refused_with_the_fix(cls):
     from distill.types import ModelInfo
 

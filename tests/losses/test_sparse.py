@@ -10,8 +10,11 @@ from distill.losses import functional as LF
 from distill.losses import sparse as SP
 from distill.losses.combine import DistillationLoss
 from distill.losses.components import ForwardKL, ModelInfo
+from distill.losses.methods import ToDi
 from distill.teachers.cache.encoding import sample_from_logits, topk_from_logits  # the cache writers
 from distill.types import StudentOutput, TeacherOutput
+from distill.losses import components as C
+from tests.losses.strategies import chunked, fused
 
 V = 40
 
@@ -101,8 +104,8 @@ def test_stored_tail_mass_beats_the_one_derived_from_rounded_log_probs():
     teacher = TeacherOutput(topk_ids=ids.unsqueeze(0), topk_logprobs=lp16.unsqueeze(0))
     teacher.tail = tail.unsqueeze(0)
     y = torch.zeros(1, 64, dtype=torch.long)
-    v0, g0 = _run(DistillationLoss({"kd": SP.SparseForwardKL()}, {"kd": 1.0}), s.unsqueeze(0), teacher, y)
-    v1, g1 = _run(DistillationLoss({"kd": CH.ChunkedForwardKL(chunk_size=7)}, {"kd": 1.0}), s.unsqueeze(0), teacher, y)
+    v0, g0 = _run(DistillationLoss({"kd": C.ForwardKL()}, {"kd": 1.0}), s.unsqueeze(0), teacher, y)
+    v1, g1 = _run(DistillationLoss({"kd": chunked(C.ForwardKL, chunk_size=7)}, {"kd": 1.0}), s.unsqueeze(0), teacher, y)
     torch.testing.assert_close(v0, stored.mean(), rtol=1e-5, atol=0)
     torch.testing.assert_close(v1, v0, rtol=1e-5, atol=0)
     torch.testing.assert_close(g1, g0, rtol=1e-5, atol=1e-8)
@@ -170,8 +173,10 @@ def test_sampled_cache_requires_temperature_one_and_forward_kl():
         SP.sparse_forward_kl(s, ids, lw, temperature=2.0, sampled=True)
     with pytest.raises(ValueError, match="sampled"):
         SP.sparse_reverse_kl(s, ids, lw, sampled=True)
+    loss = DistillationLoss({"jsd": C.GeneralizedJSD(beta=0.5)}, {"jsd": 1.0}, execution="chunked")
+    y = torch.zeros(s.shape[:-1], dtype=torch.long)[None]
     with pytest.raises(ValueError, match="sampled"):
-        CH.divergence_kernel("jsd", "sparse", sampled=True)
+        loss(StudentOutput(logits=s[None]), TeacherOutput(topk_ids=ids[None], topk_logprobs=lw[None], sampled=True), y, 0)
 
 
 # ----------------------------------------------------------------------------- components
@@ -195,10 +200,10 @@ def _run(loss, s, teacher, y):
 
 
 @pytest.mark.parametrize("plain,chunked,sampled,temperature", [
-    (SP.SparseForwardKL(), CH.ChunkedForwardKL(chunk_size=4), False, 2.0),
-    (SP.SparseForwardKL(), CH.ChunkedForwardKL(chunk_size=3), True, 1.0),
-    (SP.SparseReverseKL(), CH.ChunkedReverseKL(chunk_size=5), False, 1.5),
-    (SP.SparseGeneralizedJSD(beta=0.3), CH.ChunkedGeneralizedJSD(beta=0.3, chunk_size=4), False, 1.0),
+    (C.ForwardKL(), chunked(C.ForwardKL, chunk_size=4), False, 2.0),
+    (C.ForwardKL(), chunked(C.ForwardKL, chunk_size=3), True, 1.0),
+    (C.ReverseKL(), chunked(C.ReverseKL, chunk_size=5), False, 1.5),
+    (C.GeneralizedJSD(beta=0.3), chunked(C.GeneralizedJSD, beta=0.3, chunk_size=4), False, 1.0),
 ], ids=["fkl-topk", "fkl-sampled", "rkl-topk", "jsd-topk"])
 def test_chunked_components_on_sparse_teacher_match_plain(plain, chunked, sampled, temperature):
     s, teacher, y = sparse_batch(sampled=sampled)
@@ -210,13 +215,13 @@ def test_chunked_components_on_sparse_teacher_match_plain(plain, chunked, sample
 
 def test_components_accept_sparse_teachers_and_full_ones_unchanged():
     info = ModelInfo(hidden_size=8, num_layers=2, num_heads=2, vocab_size=V)
-    loss = DistillationLoss({"kd": SP.SparseForwardKL()}, {"kd": 1.0})
-    loss.configure(info, info, "sparse")  # the lead's ForwardKL would refuse a sparse teacher
-    with pytest.raises(ValueError, match="sparse"):
-        DistillationLoss({"kd": ForwardKL()}, {"kd": 1.0}).configure(info, info, "sparse")
+    loss = DistillationLoss({"kd": C.ForwardKL()}, {"kd": 1.0})
+    loss.configure(info, info, "sparse")  # sparse execution is picked by the teacher's output
+    with pytest.raises(ValueError, match="sparse"):  # a divergence that needs every entry refuses it
+        DistillationLoss({"todi": ToDi()}, {"todi": 1.0}).configure(info, info, "sparse")
     s, t = logits(20, 2, 5), logits(21, 2, 5)
     y = torch.zeros(2, 5, dtype=torch.long)
     full = TeacherOutput(logits=t)
     v0, g0 = _run(DistillationLoss({"kd": ForwardKL()}, {"kd": 1.0}, 2.0), s, full, y)
-    v1, g1 = _run(DistillationLoss({"kd": SP.SparseForwardKL()}, {"kd": 1.0}, 2.0), s, full, y)
+    v1, g1 = _run(DistillationLoss({"kd": C.ForwardKL()}, {"kd": 1.0}, 2.0), s, full, y)
     assert torch.equal(v0, v1) and torch.equal(g0, g1)

@@ -15,6 +15,9 @@ from distill.losses.components import CrossEntropy, ForwardKL
 from distill.losses.methods import ToDi
 from distill.losses.weighting import DifficultyFocus, EntropySelection, TeacherConfidence
 from distill.types import ModelInfo, StudentOutput, TeacherKind, TeacherOutput
+from functools import partial
+from distill.losses import components as C
+from tests.losses.strategies import chunked, fused
 
 N, L, V, H = 8, 6, 11, 5
 
@@ -60,11 +63,9 @@ def make(strategy, comp=ForwardKL):
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES, ids=IDS)
-@pytest.mark.parametrize("comp", [ForwardKL, CH.ChunkedForwardKL, ToDi], ids=["kl", "chunked", "todi"])
+@pytest.mark.parametrize("comp", [ForwardKL, partial(chunked, C.ForwardKL), ToDi], ids=["kl", "chunked", "todi"])
 def test_one_step_of_8_equals_4_micro_batches_of_2(strategy, comp):
     h, w, t, y = data()
-    if comp is CH.ChunkedForwardKL:  # the chunked kernels compute in float32
-        h, w, t = h.float(), w.float(), t.float()
     tol = 1e-6 if h.dtype == torch.float64 else 1e-5
     results = []
     for micro in (8, 2):
@@ -81,7 +82,7 @@ def test_one_step_of_8_equals_4_micro_batches_of_2(strategy, comp):
 
 def test_fused_student_gets_the_same_weights():
     h, w, t, y = (x.float() if x.is_floating_point() else x for x in data())
-    loss = DistillationLoss({"kl": FU.FusedForwardKL(chunk_size=5)}, {"kl": 1.0}, token_weighting=TeacherConfidence())
+    loss = DistillationLoss({"kl": fused(C.ForwardKL, chunk_size=5)}, {"kl": 1.0}, token_weighting=TeacherConfidence())
     ref = DistillationLoss({"kl": ForwardKL()}, {"kl": 1.0}, token_weighting=TeacherConfidence())
     got = step(loss, h, w, t, y, 4, fused=True)
     want = step(ref, h, w, t, y, 4)
@@ -179,20 +180,20 @@ def test_bad_configurations_fail_with_the_fix():
     with pytest.raises(ValueError, match="scope must be"):
         EntropySelection(scope="batch")
     with pytest.raises(ValueError, match="measure=max_prob"):
-        DistillationLoss({"kl": CH.ChunkedForwardKL()}, {"kl": 1.0},
+        DistillationLoss({"kl": chunked(C.ForwardKL)}, {"kl": 1.0},
                          token_weighting=TeacherConfidence("entropy")).configure(info, info, TeacherKind.SPARSE)
     with pytest.raises(ValueError, match="cannot use a 'sparse' teacher"):
-        DistillationLoss({"kl": CH.ChunkedForwardKL()}, {"kl": 1.0},
+        DistillationLoss({"kl": chunked(C.ForwardKL)}, {"kl": 1.0},
                          token_weighting=DifficultyFocus()).configure(info, info, TeacherKind.SPARSE)
 
 
 def test_needs_follow_the_strategy():
-    fused = {"kl": FU.FusedForwardKL()}
+    comps = {"kl": fused(C.ForwardKL)}
     # teacher-side strategies keep the fused teacher path (hidden states + head, no logits)
-    loss = DistillationLoss(fused, {"kl": 1.0}, token_weighting=TeacherConfidence())
+    loss = DistillationLoss(comps, {"kl": 1.0}, token_weighting=TeacherConfidence())
     assert "teacher_logits" not in loss.teacher_needs and "teacher_last_hidden" in loss.teacher_needs
     # a student-entropy strategy needs the student's logits
-    loss = DistillationLoss(fused, {"kl": 1.0}, token_weighting=EntropySelection())
+    loss = DistillationLoss(comps, {"kl": 1.0}, token_weighting=EntropySelection())
     assert "student_logits" in loss.needs
 
 
@@ -200,6 +201,6 @@ def test_sparse_teacher_confidence_uses_the_top_entry():
     y = torch.tensor([[1, 2, -100]])
     lp = torch.log_softmax(torch.randn(1, 3, 4), -1).sort(-1, descending=True).values
     teacher = TeacherOutput(topk_ids=torch.zeros(1, 3, 4, dtype=torch.long), topk_logprobs=lp)
-    loss = DistillationLoss({"kl": CH.ChunkedForwardKL()}, {"kl": 1.0}, token_weighting=TeacherConfidence())
+    loss = DistillationLoss({"kl": chunked(C.ForwardKL)}, {"kl": 1.0}, token_weighting=TeacherConfidence())
     _, logs = loss(StudentOutput(logits=torch.randn(1, 3, 9)), teacher, y, 0)
     assert float(logs["tw_mean"]) == pytest.approx(float(lp[0, :2, 0].exp().mean()), abs=1e-6)

@@ -7,7 +7,7 @@ response whose body is not JSON (``anthropic`` raises ``json.JSONDecodeError`` t
 policy: exponential back-off with full jitter, at least the server's ``retry-after`` on
 429/529/5xx, a per-request timeout, and a clear :class:`RequestFailed` once attempts run out.
 Every attempt first takes its share of the model's token buckets
-(:mod:`~distill.teacher_data.ratelimit`), and the response headers of every attempt, failed ones
+(:mod:`~distill.api_client.ratelimit`), and the response headers of every attempt, failed ones
 included, are fed back to them (the raw-response API gives us the headers next to the body).
 
 The API key is read from ``ANTHROPIC_API_KEY`` only (never from config or the command line, so it
@@ -27,8 +27,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from distill.teacher_data.pricing import usage_dict
-from distill.teacher_data.ratelimit import LimiterPool, RateLimiter
+from distill.api_client.pricing import usage_dict
+from distill.api_client.ratelimit import LimiterPool, RateLimiter
 from distill.config import ConfigError
 
 log = logging.getLogger(__name__)

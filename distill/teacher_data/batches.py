@@ -19,7 +19,7 @@ import logging
 from pathlib import Path
 from typing import Any, Mapping
 
-from distill.teacher_data.client import message_to_dict
+from distill.api_client.client import message_to_dict
 from distill.teacher_data.sampling import Key, custom_id, request_params
 from distill.teacher_data.store import append_jsonl
 

@@ -33,13 +33,13 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from distill.config import CONF_DIR
-from distill.teacher_data.client import API_KEY_ENV, RetryPolicy, TeacherClient, api_key_from_env, estimate_tokens
+from distill.api_client.client import API_KEY_ENV, RetryPolicy, TeacherClient, api_key_from_env, estimate_tokens
 from distill.teacher_data.filters import filter_file
 from distill.teacher_data.generate import RESULTS, Generator
-from distill.teacher_data.pricing import PriceTable
+from distill.api_client.pricing import PriceTable
 from distill.teacher_data.prompts import generate_prompts
 from distill.teacher_data.promptset import read_prompts, write_prompts
-from distill.teacher_data.ratelimit import LimiterPool, limits_from_config
+from distill.api_client.ratelimit import LimiterPool, limits_from_config
 from distill.teacher_data.report import write_report
 from distill.teacher_data.sampling import Sampling
 from distill.config import app_errors, prepare_app

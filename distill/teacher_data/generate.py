@@ -29,10 +29,10 @@ from typing import Any, Mapping
 
 from distill.teacher_data import rationale
 from distill.teacher_data.batches import run_batches
-from distill.teacher_data.client import FatalAPIError, RequestFailed, TeacherClient, estimate_tokens
-from distill.teacher_data.pricing import CostTracker, PriceTable
+from distill.api_client.client import FatalAPIError, RequestFailed, TeacherClient, estimate_tokens
+from distill.api_client.pricing import CostTracker, PriceTable
 from distill.teacher_data.promptset import Prompt
-from distill.teacher_data.ratelimit import state_path
+from distill.api_client.ratelimit import state_path
 from distill.teacher_data.sampling import Key, Sampling, prompt_meta, request_params
 from distill.teacher_data.store import ResultStore, append_jsonl
 

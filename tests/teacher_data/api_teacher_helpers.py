@@ -7,11 +7,11 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from distill.teacher_data.client import RetryPolicy, TeacherClient
+from distill.api_client.client import RetryPolicy, TeacherClient
 from distill.teacher_data.generate import Generator
-from distill.teacher_data.pricing import PriceTable
+from distill.api_client.pricing import PriceTable
 from distill.teacher_data.promptset import Prompt
-from distill.teacher_data.ratelimit import LimiterPool, Limits
+from distill.api_client.ratelimit import LimiterPool, Limits
 from distill.teacher_data.sampling import Sampling
 
 PRICES = PriceTable({"claude-sonnet-4-5": {"input": 3.0, "output": 15.0, "cache_write": 3.75, "cache_read": 0.30},

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from distill.teacher_data.cli import GenerationIncomplete, run
-from distill.teacher_data.pricing import PriceTable
+from distill.api_client.pricing import PriceTable
 
 from api_teacher_helpers import PRICES, files_contain, generator, go, keys_of, make_prompts, records
 

@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 
 from pathlib import Path
 
-from distill.teacher_data.pricing import CostTracker, PriceTable
+from distill.api_client.pricing import CostTracker, PriceTable
 
 CONF = str(Path(__file__).resolve().parents[2] / "conf")
 

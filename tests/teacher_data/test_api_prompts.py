@@ -168,7 +168,7 @@ def test_every_prompt_and_client_preset_composes(preset, client):
     from hydra.core.global_hydra import GlobalHydra
 
     from distill.config import CONF_DIR
-    from distill.teacher_data.ratelimit import limits_from_config
+    from distill.api_client.ratelimit import limits_from_config
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONF_DIR, version_base=None):

@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from distill.teacher_data.ratelimit import (
+from distill.api_client.ratelimit import (
     LimiterPool, Limits, RateLimiter, StateLog, TokenBucket, limits_from_config, replay,
 )
 

@@ -1,7 +1,7 @@
 """Live answers from an API as a completion source, and the Claude adapter behind it.
 
 :class:`AnthropicApi` does not open a client of its own: it drives the project's one Messages
-client, :class:`distill.teacher_data.client.TeacherClient`, so evaluation calls get the same
+client, :class:`distill.api_client.client.TeacherClient`, so evaluation calls get the same
 retries, rate limiting, key handling (``ANTHROPIC_API_KEY`` only) and error messages as the API
 teacher's data generation.
 """
@@ -24,7 +24,7 @@ class ApiClient(Protocol):
 
 
 class AnthropicApi:
-    """Claude via :class:`~distill.teacher_data.client.TeacherClient` (``conf/eval/model/api.yaml``).
+    """Claude via :class:`~distill.api_client.client.TeacherClient` (``conf/eval/model/api.yaml``).
 
     Args:
         model: the Claude model id.
@@ -36,7 +36,7 @@ class AnthropicApi:
 
     def __init__(self, model: str, concurrency: int = 4, timeout_s: float = 120.0,
                  max_attempts: int = 6, base_url: str | None = None):
-        from distill.teacher_data.client import api_key_from_env
+        from distill.api_client.client import api_key_from_env
 
         self.model = model
         self.concurrency = max(1, int(concurrency))
@@ -60,7 +60,7 @@ class AnthropicApi:
         """``(text, output_tokens)`` per prompt, all requests on one event loop and one client."""
         import asyncio
 
-        from distill.teacher_data.client import RetryPolicy, TeacherClient
+        from distill.api_client.client import RetryPolicy, TeacherClient
 
         async def run() -> list[tuple[str, int]]:
             client = TeacherClient(base_url=self.base_url, timeout_s=self.timeout_s,

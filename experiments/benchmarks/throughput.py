@@ -74,13 +74,27 @@ class Setup:
         folder = checked.teacher.pretrained_folder(dm)
         if folder is not None and folder.exists():
             self.teacher_spec.name_or_path = str(folder)  # the distill methods' own prepare() finds it too
+            self.teacher_source = f"pretrained default teacher ({folder})"
         else:
-            logging.warning("no pretrained default teacher at %s: timing a random teacher of the same shape", folder)
-            self.overrides.append("teacher.pretrain=null")
+            # Throughput does not depend on the weights: time the same architecture, randomly
+            # initialised, rather than pretrain for minutes first (see compose_for).
+            self.teacher_source = (f"random teacher of the same shape (no pretrained default teacher at {folder}; "
+                                   "run distill-train once to pretrain it)")
+            logging.warning("timing a %s", self.teacher_source)
+        self.random_teacher = not (folder is not None and folder.exists())
         dm.setup("fit")
         self.examples = dm.train_set.examples
         self.pad_id = self.tokenizer.pad_token_id
         self.tokens_per_step = batch_size * seq_len
+
+    def compose_for(self, config: str, overrides: list[str], out: Path):
+        """``compose`` plus, without a pretrained teacher, ``teacher.pretrain=null`` in the configs
+        whose teacher has that key: an override would fail on a teacher preset that lacks it
+        (``teacher=cached``, the cache writer's), so it is set on the composed config instead."""
+        cfg = compose(config, overrides, out)
+        if self.random_teacher and "teacher" in cfg and "pretrain" in cfg.teacher:
+            cfg.teacher.pretrain = None
+        return cfg
 
     def student(self) -> torch.nn.Module:
         torch.manual_seed(self.seed)
@@ -134,7 +148,8 @@ def run_minimal(setup: Setup, total: int, clock: StepClock) -> None:
 
 
 def run_distill(setup: Setup, total: int, clock: StepClock, extra: list[str] | None = None) -> None:
-    cfg = compose("train", [*setup.overrides, f"trainer.max_steps={total}", *(extra or [])], setup.out / "distill")
+    cfg = setup.compose_for("train", [*setup.overrides, f"trainer.max_steps={total}", *(extra or [])],
+                            setup.out / "distill")
     fit_timed(cfg, clock)
 
 
@@ -167,7 +182,7 @@ def write_cache(setup: Setup, total: int) -> Path:
     from distill.teachers.cache.cli import cache_logits
 
     path = setup.out / "cache" / "tiny_stdlib-topk-k64"
-    cfg = compose("cache_logits", [*[o for o in setup.overrides if o.startswith(("seed=", "data.", "teacher."))],
+    cfg = setup.compose_for("cache_logits", [*[o for o in setup.overrides if o.startswith(("seed=", "data.", "teacher."))],
                                    f"cache.max_steps={total}", "cache.splits=[train]", f"cache.dir={path}",
                                    "cache.progress=false"], setup.out / "cache_run")
     cache_logits(cfg)
@@ -286,6 +301,7 @@ def report(args, setup: Setup, times: dict[str, list[float]], walls: dict[str, l
           f"4x256, V={len(setup.tokenizer)}, forward KL, fp32 ({args.rounds} interleaved rounds x {args.steps} "
           f"timed steps, median; clock: {args.clock})")
     print(f"machine: {machine()} (load avg at start {start_load:.1f}, at end {os.getloadavg()[0]:.1f})")
+    print(f"teacher: {setup.teacher_source}")
     print(f"{'method':<36}{'step s':>9}{'tokens/s':>10}{'vs loop':>10}{'vs TRL':>9}{'IQR s':>14}{'wall s':>9}")
     for m in times:
         t = sorted(times[m])
@@ -314,10 +330,9 @@ def report(args, setup: Setup, times: dict[str, list[float]], walls: dict[str, l
     for text, ok in checks:
         print(f"{'PASS' if ok else 'MISS'}  {text}")
     if "distill" in med and "minimal" in med and ratio("distill", "minimal") >= 1.10:
-        print("why (default loss=kd): its CE component has weight 0 but is still computed every step for its log "
-              "line (a vocabulary-wide log-softmax), and the module's per-step work around the same ops (loss "
-              "combiner, 8 logged metrics) adds the rest; losses without a weight-0 component (loss=kd_fused "
-              "above) stay under 10%. Breakdown by A/B runs: experiments/benchmarks/RESULTS.md.")
+        print("why (default loss=kd): its weight-0 CE is computed only on the steps the loggers record, from the "
+              "student log-softmax the forward KL already formed; the rest is the module's per-step work around "
+              "the same ops (loss combiner, logged metrics). Breakdown by A/B runs: experiments/benchmarks/RESULTS.md.")
     if args.json:
         Path(args.json).write_text(json.dumps({"median_step_s": med, "tokens_per_s": tps, "times": times,
                                                "wall_times": walls, "per_round": per_round, "loss_costs": costs,

@@ -9,13 +9,13 @@ the logits at position t predict token t+1), and accumulates sums.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
 from distill.data.corpus import jsonl_texts
+from distill.structured import from_mapping
 
 log = logging.getLogger(__name__)
 
@@ -44,12 +44,7 @@ class HeldoutSettings:
 
     @classmethod
     def from_mapping(cls, cfg: Mapping[str, Any] | None) -> "HeldoutSettings":
-        cfg = dict(cfg or {})
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(cfg) - known)
-        if unknown:
-            raise ValueError(f"heldout: unknown key(s) {unknown}; known keys: {sorted(known)}")
-        s = cls(**cfg)
+        s = from_mapping(cls, cfg, "heldout")
         for key in ("max_length", "batch_size", "max_tokens", "max_chars"):
             if int(getattr(s, key)) < 2:
                 raise ValueError(f"heldout.{key} must be >= 2, got {getattr(s, key)!r}")

@@ -6,9 +6,10 @@ A request is ``(task_id, text)``; ``generate(requests, settings, stop) -> Genera
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any, Mapping
+
+from distill.structured import from_mapping
 
 
 DEFAULT_MAX_NEW_TOKENS = 512
@@ -64,13 +65,9 @@ class GenerationSettings:
     @classmethod
     def from_mapping(cls, cfg: Mapping[str, Any] | None) -> "GenerationSettings":
         cfg = dict(cfg or {})
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(cfg) - known)
-        if unknown:
-            raise ValueError(f"generation: unknown key(s) {unknown}; known keys: {sorted(known)}")
         if cfg.get("stop") is not None:
             cfg["stop"] = list(cfg["stop"])
-        return cls(**cfg)
+        return from_mapping(cls, cfg, "generation")
 
     @property
     def greedy(self) -> bool:

@@ -6,10 +6,11 @@ checks and the environment allowlist read on one screen.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
+
+from distill.structured import from_mapping
 
 # Modules imported once in the worker so that forked samples find them ready. Pure speed: a
 # sample that imports them gets the same module it would have loaded itself.
@@ -111,15 +112,11 @@ class SandboxConfig:
     def from_mapping(cls, cfg: Mapping[str, Any] | None) -> "SandboxConfig":
         """Build from a (Hydra) mapping; unknown keys are an error naming the key."""
         cfg = dict(cfg or {})
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(cfg) - known)
-        if unknown:
-            raise ValueError(f"sandbox: unknown key(s) {unknown}; known keys: {sorted(known)}")
         if "preimport" in cfg and cfg["preimport"] is not None:
             cfg["preimport"] = tuple(cfg["preimport"])
         if "extra_env" in cfg:
             cfg["extra_env"] = dict(cfg["extra_env"] or {})
-        return cls(**cfg)
+        return from_mapping(cls, cfg, "sandbox")
 
     @property
     def n_workers(self) -> int:

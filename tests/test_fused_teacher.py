@@ -50,7 +50,7 @@ def test_kd_fused_matches_kd_without_forming_teacher_logits(tiny_cfg, tmp_path):
 
 
 def test_a_plain_logit_component_next_to_a_fused_one_gets_teacher_logits(tiny_cfg, tmp_path):
-    plain = "+loss.components.rkl={_target_: distill.losses.components.ReverseKL}"
+    plain = "+loss.components.rkl={_target_: distill.losses.components.ReverseKL, execution: plain}"
     cfg = tiny_cfg("loss=kd_fused", plain, "+loss.weights.rkl=0.5", output_dir=tmp_path / "mixed")
     module = build_components(cfg).load().module
     assert module.loss.teacher_needs == {TEACHER_LOGITS}

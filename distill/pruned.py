@@ -180,6 +180,9 @@ class PrunedSpec(ModelSpec):
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
+    def __repr__(self) -> str:
+        return f"PrunedSpec({self.prune_spec.method} of {self.teacher_spec!r})"
+
     # ----------------------------------------------------------------- weights
     def build(self, attn_implementation: str | None = None) -> torch.nn.Module:
         """Load the cut student (cutting it first when no calibration data is needed)."""

@@ -41,6 +41,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from distill.jsonl import iter_jsonl
+
 log = logging.getLogger(__name__)
 
 DIMS = ("requests", "input_tokens", "output_tokens")
@@ -180,12 +182,8 @@ class StateLog:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.events: list[dict[str, Any]] = []
-        if self.path.exists():
-            for line in self.path.read_text(encoding="utf-8").splitlines():
-                try:
-                    self.events.append(json.loads(line))
-                except json.JSONDecodeError:  # a line torn by a crash: the rest is still valid
-                    log.warning("%s: skipping a torn line (interrupted write)", self.path)
+        if self.path.exists():  # a line torn by a crash may be followed by a restart's: keep the rest
+            self.events = [event for _, event in iter_jsonl(self.path, skip_torn_lines=True)]
         self._fh = None
 
     def compact(self, snapshots: list[dict[str, Any]]) -> None:

@@ -9,7 +9,6 @@ a group of one and a row shows the run's own final values.
 from __future__ import annotations
 
 import csv
-import math
 from pathlib import Path
 from typing import Any, Sequence
 

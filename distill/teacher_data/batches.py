@@ -14,12 +14,12 @@ Per-request failures inside a batch (``errored``, ``expired``, ``canceled``) are
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from pathlib import Path
 from typing import Any, Mapping
 
 from distill.api_client.client import message_to_dict
+from distill.jsonl import iter_jsonl
 from distill.teacher_data.sampling import Key, custom_id, request_params
 from distill.teacher_data.store import append_jsonl
 
@@ -33,12 +33,8 @@ def load_state(path: Path) -> dict[str, dict[str, Any]]:
     state: dict[str, dict[str, Any]] = {}
     if not path.exists():
         return state
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            ev = json.loads(line)
-        except json.JSONDecodeError:
-            log.warning("%s: skipping an unreadable line (interrupted write)", path)
-            continue
+    # a run killed mid-write and restarted appends after the torn line: skip it, keep the rest
+    for _, ev in iter_jsonl(path, skip_torn_lines=True):
         if ev.get("event") == "submitted":
             state[ev["batch_id"]] = {"keys": [tuple(k) for k in ev["keys"]], "collected": False}
         elif ev.get("event") == "collected" and ev.get("batch_id") in state:

@@ -34,11 +34,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from distill.jsonl import read_jsonl
 from distill.teacher_data import rationale
 from distill.teacher_data.catalogue import CODE_TASK_TYPES
 from distill.teacher_data.consistency import rank_samples
 from distill.teacher_data.minhash import MinHashLSH, shingles
-from distill.teacher_data.store import read_jsonl
 from distill.teacher_data.syntax import check_blocks, extract_code_blocks
 
 log = logging.getLogger(__name__)
@@ -340,7 +340,7 @@ def filter_file(results_path: str | Path, out_path: str | Path, report_path: str
     results_path = Path(results_path)
     if not results_path.is_file():
         raise FileNotFoundError(f"filter: results file {results_path} does not exist; run the generate stage first")
-    records = list(read_jsonl(results_path))
+    records = read_jsonl(results_path, tolerate_torn_tail=True)  # a generation run may still be appending
     res = run_filters(records, cfg)
     report = res.report
     out_path = Path(out_path)

@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from distill.jsonl import iter_jsonl
+
 
 @dataclass
 class Prompt:
@@ -73,10 +75,7 @@ def read_prompts(path: str | Path) -> list[Prompt]:
     if not path.is_file():
         raise FileNotFoundError(f"prompts file {path} does not exist")
     out = []
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        d = json.loads(line)
+    for i, d in iter_jsonl(path):  # errors name the line
         if "text" not in d and "prompt" in d:  # accept a plain {"prompt": ...} file of the user's own
             d = {"text": d["prompt"], "family": d.get("family", "custom"), "task_type": d.get("task_type", "write"),
                  "language": d.get("language", "python"), "difficulty": d.get("difficulty", "medium"),

@@ -18,8 +18,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Mapping
 
+from distill.jsonl import read_jsonl
 from distill.teacher_data.filters import REASONS, REJECTED
-from distill.teacher_data.store import read_jsonl
 
 MARKDOWN = "dataset_report.md"
 PNG = "dataset_report.png"
@@ -160,8 +160,8 @@ def write_report(out_dir: str | Path, title: str = "teacher data") -> dict[str, 
     if not rpath.is_file():
         raise FileNotFoundError(f"report: {rpath} does not exist; run stage=filter (or stage=all) first")
     report = json.loads(rpath.read_text(encoding="utf-8"))
-    kept = list(read_jsonl(out_dir / "filtered.jsonl")) if (out_dir / "filtered.jsonl").exists() else []
-    rejected = list(read_jsonl(out_dir / REJECTED)) if (out_dir / REJECTED).exists() else []
+    kept = read_jsonl(out_dir / "filtered.jsonl", tolerate_torn_tail=True) if (out_dir / "filtered.jsonl").exists() else []
+    rejected = read_jsonl(out_dir / REJECTED, tolerate_torn_tail=True) if (out_dir / REJECTED).exists() else []
     md = out_dir / MARKDOWN
     md.write_text(render_markdown(title, report, kept, rejected), encoding="utf-8")
     png = out_dir / PNG

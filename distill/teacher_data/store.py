@@ -22,9 +22,9 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-from distill.jsonl import CorruptJSONL, iter_jsonl
+from distill.jsonl import CorruptJSONL
 
 log = logging.getLogger(__name__)
 
@@ -41,15 +41,6 @@ class StoreLockedError(RuntimeError):
 
 def record_key(rec: dict[str, Any]) -> Key:
     return str(rec["prompt_id"]), int(rec["sample_idx"]), str(rec.get("requested_model") or rec.get("model") or "")
-
-
-def read_jsonl(path: str | Path, *, tolerate_corrupt_tail: bool = True) -> Iterator[dict[str, Any]]:
-    """Yield the records of a JSONL file, skipping a corrupt final line (with a warning).
-
-    For readers (filters, training) that must not modify the file; :class:`ResultStore` repairs it.
-    """
-    for _, row in iter_jsonl(path, tolerate_torn_tail=tolerate_corrupt_tail):
-        yield row
 
 
 class ResultStore:

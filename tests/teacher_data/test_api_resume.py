@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from distill.teacher_data.store import CorruptStoreError, ResultStore, StoreLockedError, read_jsonl
+from distill.jsonl import read_jsonl
+from distill.teacher_data.store import CorruptStoreError, ResultStore, StoreLockedError
 
 from api_teacher_helpers import max_in_window
 

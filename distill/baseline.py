@@ -59,6 +59,8 @@ def baseline_config(cfg: DictConfig) -> DictConfig:
     base = copy.deepcopy(cfg)
     with open_dict(base):
         base.loss = load_group("loss", "ce")
+        # pin what the student reads of the teacher (student=pruned cuts itself from it) before the teacher goes
+        base.student = OmegaConf.create(OmegaConf.to_container(cfg.student, resolve=True))
         # no teacher to load, prepare or pretrain, and the data's own sequences: what the key leaves out
         base.teacher = load_group("teacher", "none")
         base.sequences = None

@@ -86,6 +86,7 @@ def build_components(cfg: DictConfig) -> Components:
         sequences.check(checked.teacher, checked.loss)
         sequences.connect(checked.tokenizer)
     checked.teacher.prepare(checked.datamodule)
+    checked.student.prepare(checked.datamodule)  # student=pruned cuts itself from the teacher on this data (no-op otherwise)
     module = instantiate(cfg.module, "module", student=checked.student, teacher=checked.teacher,
                          loss=checked.loss, vocab_size=checked.vocab_size,
                          **({"sequences": sequences} if sequences is not None else {}))

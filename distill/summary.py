@@ -92,6 +92,9 @@ def summarize(metrics: dict[str, float], baseline_metrics: dict[str, float] | No
                if "teacher_loss" in student else None)
     baseline = _val(baseline_metrics) if baseline_metrics else None
     rows = [("teacher", teacher)] if teacher else []
+    initial = {k[5:]: v for k, v in metrics.items() if k.startswith("init/")}  # validate_at_start: before any update
+    if "loss" in initial:
+        rows.append(("student at initialisation", initial))
     if baseline is not None:
         rows.append(("student, CE only (baseline)", baseline))
     rows.append(("student, CE only" if ce_only else "student, distilled", student))
@@ -100,6 +103,10 @@ def summarize(metrics: dict[str, float], baseline_metrics: dict[str, float] | No
     if baseline is not None:
         more, values = verdict(student, baseline, teacher)
         lines += more
+    if "loss" in initial:
+        values["summary/init_loss"] = initial["loss"]
+        lines.append(f"training moved the student {initial['loss']:.3f} -> {student['loss']:.3f} nats/token held-out CE "
+                     "from its initialisation")
     return Summary("\n".join(lines), teacher, baseline, student, values)
 
 

@@ -76,8 +76,15 @@ def fit(cfg: DictConfig) -> Fitted:
     trainer: L.Trainer = instantiate(cfg.trainer, "trainer", callbacks=_callbacks(cfg), logger=_loggers(cfg) or False)
     for lg in trainer.loggers:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-    trainer.fit(parts.module, datamodule=parts.datamodule, ckpt_path=_resume_path(cfg))
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    resume = _resume_path(cfg)
+    at_start = {}
+    if cfg.get("validate_at_start") and resume is None:
+        # The student before any update: for a student cut from its teacher, the figure that says
+        # how much the training healed (the summary's "at initialisation" row).
+        trainer.validate(parts.module, datamodule=parts.datamodule, verbose=False)
+        at_start = {f"init/{k[4:]}": float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    trainer.fit(parts.module, datamodule=parts.datamodule, ckpt_path=resume)
+    metrics = {**at_start, **{k: float(v) for k, v in trainer.callback_metrics.items()}}
     if parts.module.last_validated_step != trainer.global_step and trainer.limit_val_batches != 0:
         log.info("validating the final weights (step %d; the last validation ran at %s)", trainer.global_step,
                  parts.module.last_validated_step)

@@ -73,9 +73,9 @@ def test_hidden_states_of_a_cached_teacher(tiny_cfg):
     fails(cfg, ValueError, r"teacher=SparseStub stores only top-k log-probs")
 
 
-def test_full_logit_loss_with_a_cached_teacher_suggests_the_sparse_losses(tiny_cfg):
-    cfg = tiny_cfg("loss=kd", "~teacher", "+teacher._target_=tests.fixtures.teachers.SparseStub")
-    fails(cfg, ValueError, r"'kl' \(ForwardKL\) cannot use a teacher of kind 'sparse'.*loss=kd_chunked")
+def test_full_logit_loss_with_a_cached_teacher_names_the_online_teacher(tiny_cfg):
+    cfg = tiny_cfg("loss=akl", "~teacher", "+teacher._target_=tests.fixtures.teachers.SparseStub")
+    fails(cfg, ValueError, r"'akl' \(AdaptiveKL\) cannot use a teacher of kind 'sparse'.*online teacher")
 
 
 def test_vocabulary_mismatch_for_logit_losses(tiny_cfg, tmp_path):

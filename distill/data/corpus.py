@@ -48,7 +48,7 @@ def held_out(names: list[str], val_fraction: float, min_docs: int, config_key: s
     deterministic and a superset of the plain split.
     """
     flags = [_is_val(n, val_fraction) for n in names]
-    if sum(flags) >= min_docs:
+    if sum(flags) >= min_docs or not names:  # no documents at all: the empty-data error says it better
         return flags
     if len(names) - min_docs < 1:
         raise ValueError(f"{config_key}: {len(names)} documents are too few to hold out {min_docs} for validation "

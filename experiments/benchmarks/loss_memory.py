@@ -71,6 +71,7 @@ def child(method: str, vocab: int, seq: int, batch: int, hidden: int, divergence
         os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
         from trl.experimental.gkd.gkd_trainer import GKDTrainer
     from distill.losses.chunked import chunked_forward_kl, chunked_generalized_jsd
+    from distill.losses.components import ForwardKL, GeneralizedJSD
     from distill.losses.fused import fused_linear_divergence
 
     g = torch.Generator().manual_seed(0)
@@ -88,7 +89,8 @@ def child(method: str, vocab: int, seq: int, batch: int, hidden: int, divergence
 
     def step() -> float:
         if method == "fused":
-            loss = fused_linear_divergence(h, w, (th, tw), tok_w, "jsd" if beta else "forward_kl", T, beta)
+            loss = fused_linear_divergence(h, w, (th, tw), tok_w, GeneralizedJSD(beta=beta, scale_by_t2=False)
+                                           if beta else ForwardKL(scale_by_t2=False), T)
         else:
             s = h @ w.T
             with torch.no_grad():

@@ -123,7 +123,8 @@ def check_liger(args) -> dict:
 
     if importlib.util.find_spec("liger_kernel") is None:
         return {"status": "skipped: liger-kernel is not installed (pip install liger-kernel)"}
-    from distill.losses.fused import FusedForwardKL
+    from distill.losses.components import ForwardKL
+    from distill.losses.fused import Fused
     from distill.types import StudentOutput, TeacherOutput
 
     torch.manual_seed(0)
@@ -134,10 +135,10 @@ def check_liger(args) -> dict:
         w = (torch.randn(v, d, device="cuda", dtype=torch.bfloat16) * 0.02).requires_grad_()
         th = torch.randn(1, n, 1536, device="cuda", dtype=torch.bfloat16)
         tw = torch.randn(v, 1536, device="cuda", dtype=torch.bfloat16) * 0.02
-        comp = FusedForwardKL(backend=backend)
+        comp = ForwardKL(execution=Fused(backend=backend))
         inputs = _loss_inputs(StudentOutput(last_hidden=h, lm_head_weight=w),
                               TeacherOutput(last_hidden=th, lm_head_weight=tw), n)
-        value = comp(inputs)
+        value = comp(inputs).value
         value.backward()
         results[backend] = (value.detach().float(), h.grad.float(), w.grad.float())
     t, lg = results["torch"], results["liger"]

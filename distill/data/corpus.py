@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Iterator
 
 from distill.data.conventions import document_tokens
+from distill.jsonl import iter_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -135,14 +136,10 @@ def jsonl_texts(path: Path, field: str, config_key: str) -> Iterator[str]:
     A row without the field is an error naming the file, the line, the fields it does have and
     ``config_key``, the setting that chooses the field.
     """
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            row = json.loads(line)
-            if field not in row:
-                raise KeyError(f"{config_key}: {path}:{lineno} has no field {field!r} (fields: {sorted(row)})")
-            yield str(row[field])
+    for lineno, row in iter_jsonl(path):
+        if field not in row:
+            raise KeyError(f"{config_key}: {path}:{lineno} has no field {field!r} (fields: {sorted(row)})")
+        yield str(row[field])
 
 
 class _TextSource:

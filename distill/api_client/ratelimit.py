@@ -18,6 +18,12 @@ still meets 429s. This module mirrors that, one :class:`TokenBucket` per limit:
   ``cache_reads_count: true`` (older models), because for current models the API does not count
   them toward ITPM. A request costlier than a bucket's capacity waits for a full bucket and takes
   it into debt, so the long-run rate still holds.
+* **Give-backs wake the waiters.** With the default ``max_tokens`` 2048 against an OTPM bucket of
+  133 tokens, each request leaves the bucket ~1,900 tokens in debt; a waiter that slept the whole
+  refill of that debt (~15 s) would ignore the give-back that arrives 2 s later, when the answer
+  turns out to be 20 tokens, and throughput would fall to ``OTPM / max_tokens`` per minute whatever
+  the answers' length. So a settle, a header update or a pause change wakes the waiter at once and
+  it recomputes its wait from the new levels.
 * **Server feedback.** ``anthropic-ratelimit-{requests,input-tokens,output-tokens}-remaining``
   lowers a bucket that thinks it holds more than the server says (other clients of the same
   organisation share the limit); a ``-limit`` below the configured one lowers the rate for the
@@ -223,6 +229,7 @@ class RateLimiter:
         else:
             self.buckets, self._paused_until = _build(self.limits, now), 0.0
         self._lock: asyncio.Lock | None = None
+        self._wake: asyncio.Event | None = None  # set by anything that may shorten the head waiter's wait
         self.grant_times: list[float] = []  # for tests and the run summary (clock time)
         self.waited_s = 0.0
         self._lowered: set[str] = set()
@@ -278,10 +285,29 @@ class RateLimiter:
                     self._log({"t": now, "d": taken})
                     self.grant_times.append(now)
                     return Grant(now, taken)
-                self.waited_s += wait
                 # At least 0.1 ms: clock readings near 1.7e9 s resolve only ~0.2 us, so a shorter
                 # sleep could leave the clock where it was and spin.
-                await self.sleep(max(wait, 1e-4))
+                await self._sleep_or_wake(max(wait, 1e-4))
+                self.waited_s += max(0.0, self.clock() - now)
+
+    async def _sleep_or_wake(self, wait: float) -> None:
+        """Sleep ``wait`` seconds, or less if a give-back (:meth:`_changed`) comes first."""
+        self._wake = wake = asyncio.Event()
+        sleeper = asyncio.ensure_future(self.sleep(wait))
+        woken = asyncio.ensure_future(wake.wait())
+        try:
+            await asyncio.wait({sleeper, woken}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self._wake = None
+            for task in (sleeper, woken):
+                if not task.done():
+                    task.cancel()
+            await asyncio.gather(sleeper, woken, return_exceptions=True)
+
+    def _changed(self) -> None:
+        """Levels rose or limits moved: the head waiter must recompute its wait now, not sleep on."""
+        if self._wake is not None:
+            self._wake.set()
 
     def settle(self, grant: Grant, usage: Mapping[str, int] | None) -> None:
         """Give back what was reserved but not billed (or charge what was billed beyond it)."""
@@ -302,6 +328,7 @@ class RateLimiter:
                     delta[dim] = d
         if delta:
             self._log({"t": now, "d": delta})
+        self._changed()  # a settled request also ends a worst case the waiter may be waiting out
 
     def pause_until(self, t: float) -> None:
         """Hold every caller until clock time ``t`` (a server ``retry-after`` applies to all)."""
@@ -330,6 +357,7 @@ class RateLimiter:
             rem = _num(headers.get(f"anthropic-ratelimit-{h}-remaining"))
             if rem is not None:
                 b.cap_level(rem + HEADER_SLACK[dim], now)
+        self._changed()  # a lower level only lengthens the wait, but the waiter must see it
 
 
 def _key(dim: str) -> str:
@@ -414,4 +442,4 @@ def state_path(out_dir: str | Path) -> Path:
 
 
 __all__ = ["DIMS", "Grant", "LimiterPool", "Limits", "RateLimiter", "StateLog", "TokenBucket", "limits_from_config",
-           "replay", "state_path", "os"]
+           "replay", "state_path"]

@@ -58,11 +58,34 @@ class FatalAPIError(RuntimeError):
     """An error that every further request would hit too (bad key, unknown model): stop the run."""
 
 
-def api_key_from_env() -> str:
-    key = os.environ.get(API_KEY_ENV, "").strip()
+# What the SDKs send when no key is needed: they refuse an empty key, the local server ignores it.
+NO_KEY = "no-key-needed-on-loopback"
+
+
+def is_loopback(base_url: str | None) -> bool:
+    """True for a ``base_url`` on this machine (127.0.0.0/8, ::1, localhost): no key is needed there."""
+    if not base_url:
+        return False
+    import ipaddress
+    from urllib.parse import urlparse
+
+    host = urlparse(base_url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def api_key_from_env(env: str = API_KEY_ENV, base_url: str | None = None) -> str:
+    """The key from ``env``; a server on loopback needs none (a local model), so it gets :data:`NO_KEY`."""
+    key = os.environ.get(env, "").strip()
+    if not key and is_loopback(base_url):
+        return NO_KEY
     if not key:
-        raise MissingAPIKeyError(f"{API_KEY_ENV} is not set: export your Anthropic API key in the "
-                                 f"environment (it is never read from config files or the command line)")
+        raise MissingAPIKeyError(f"{env} is not set: export your API key in the environment (it is never "
+                                 f"read from config files or the command line); a server on 127.0.0.1 needs none")
     return key
 
 
@@ -103,20 +126,36 @@ def parse_retry_after(headers: Any) -> float | None:
         return None
 
 
+def _sdk_errors() -> dict[str, tuple[type, ...]]:
+    """The error classes of whichever SDKs are installed: both name them alike (same generator)."""
+    import importlib
+
+    names = ("APIResponseValidationError", "APITimeoutError", "APIConnectionError", "APIStatusError")
+    out: dict[str, tuple[type, ...]] = {n: () for n in names}
+    for mod in ("anthropic", "openai"):
+        try:
+            m = importlib.import_module(mod)
+        except ImportError:
+            continue
+        for n in names:
+            out[n] += (getattr(m, n),)
+    return out
+
+
 def classify(exc: BaseException) -> tuple[bool, bool, int | None, float | None, str]:
     """``(retryable, fatal, status, retry_after_s, description)`` for an exception from one call."""
-    import anthropic
-
-    if isinstance(exc, (json.JSONDecodeError, MalformedResponseError, anthropic.APIResponseValidationError)):
+    sdk = _sdk_errors()
+    if isinstance(exc, (json.JSONDecodeError, MalformedResponseError) + sdk["APIResponseValidationError"]):
         return True, False, None, None, f"malformed response body ({type(exc).__name__}: {str(exc)[:120]})"
-    if isinstance(exc, anthropic.APITimeoutError):
+    if isinstance(exc, sdk["APITimeoutError"]):
         return True, False, None, None, "request timed out"
-    if isinstance(exc, anthropic.APIConnectionError):
+    if isinstance(exc, sdk["APIConnectionError"]):
         return True, False, None, None, f"connection error ({exc})"
-    if isinstance(exc, anthropic.APIStatusError):
+    if isinstance(exc, sdk["APIStatusError"]):
         status = exc.status_code
         err_type = getattr(exc, "type", None) or ""
-        msg = getattr(exc, "api_message", None) or ""
+        body = getattr(exc, "body", None)  # openai: the "error" object; its message, not the whole dump
+        msg = getattr(exc, "api_message", None) or (body.get("message") if isinstance(body, dict) else "") or ""
         desc = f"HTTP {status} {err_type} {msg}".strip()
         retry_after = parse_retry_after(exc.response.headers)
         hint = exc.response.headers.get("x-should-retry")
@@ -173,15 +212,20 @@ def message_to_dict(msg: Any) -> dict[str, Any]:
 
 
 class TeacherClient:
-    """One ``AsyncAnthropic`` shared by all workers, with concurrency, rate and retry control."""
+    """One ``AsyncAnthropic`` shared by all workers, with concurrency, rate and retry control.
+
+    :class:`~distill.api_client.openai_client.OpenAIClient` is the same with another SDK and wire
+    format; both return the same result dict from :meth:`create`.
+    """
+
+    provider = "anthropic"
+    key_env = API_KEY_ENV
+    supports_batches = True
 
     def __init__(self, *, base_url: str | None = None, timeout_s: float = 120.0, concurrency: int = 8,
                  limits: LimiterPool | None = None, retry: RetryPolicy | None = None, seed: int = 0,
                  api_key: str | None = None):
-        import anthropic
-        import httpx2
-
-        self.api_key = api_key or api_key_from_env()
+        self.api_key = api_key or api_key_from_env(self.key_env, base_url)
         self.timeout_s = float(timeout_s)
         self.retry = retry or RetryPolicy()
         self.limits = limits or LimiterPool()
@@ -191,12 +235,17 @@ class TeacherClient:
         self.attempts = 0
         self.retries = 0
         self.retry_reasons: dict[str, int] = {}
+        self.sdk = self._make_sdk(base_url)
+
+    def _make_sdk(self, base_url: str | None):
+        import anthropic
+        import httpx2
+
         http_client = httpx2.AsyncClient(
             timeout=self.timeout_s,
-            limits=httpx2.Limits(max_connections=max(1, int(concurrency)) + 2,
-                                 max_keepalive_connections=max(1, int(concurrency))))
-        self.sdk = anthropic.AsyncAnthropic(api_key=self.api_key, base_url=base_url, max_retries=0,
-                                            timeout=self.timeout_s, http_client=http_client)
+            limits=httpx2.Limits(max_connections=self.concurrency + 2, max_keepalive_connections=self.concurrency))
+        return anthropic.AsyncAnthropic(api_key=self.api_key, base_url=base_url, max_retries=0,
+                                        timeout=self.timeout_s, http_client=http_client)
 
     async def close(self) -> None:
         await self.sdk.close()

@@ -83,6 +83,8 @@ class PriceTable:
     def resolve(self, model: str) -> str:
         """The table entry that prices ``model``."""
         hits = [name for name in self.models if model == name or model.startswith(name)]
+        if not hits and "*" in self.models:  # a catch-all entry, e.g. $0 for a model served locally
+            return "*"
         if not hits:
             raise KeyError(f"model {model!r} has no entry in pricing.models "
                            f"(known: {sorted(self.models)}); add its prices to the pricing config")

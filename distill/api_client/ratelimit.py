@@ -24,7 +24,8 @@ still meets 429s. This module mirrors that, one :class:`TokenBucket` per limit:
   turns out to be 20 tokens, and throughput would fall to ``OTPM / max_tokens`` per minute whatever
   the answers' length. So a settle, a header update or a pause change wakes the waiter at once and
   it recomputes its wait from the new levels.
-* **Server feedback.** ``anthropic-ratelimit-{requests,input-tokens,output-tokens}-remaining``
+* **Server feedback** (:mod:`~distill.api_client.headers`; OpenAI's ``x-ratelimit-*`` alike).
+  ``anthropic-ratelimit-{requests,input-tokens,output-tokens}-remaining``
   lowers a bucket that thinks it holds more than the server says (other clients of the same
   organisation share the limit); a ``-limit`` below the configured one lowers the rate for the
   rest of the run; ``retry-after`` on a 429 pauses every caller of that model.
@@ -47,12 +48,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from distill.api_client.headers import rate_headers
 from distill.jsonl import iter_jsonl
 
 log = logging.getLogger(__name__)
 
 DIMS = ("requests", "input_tokens", "output_tokens")
-HEADER_DIMS = {"requests": "requests", "input_tokens": "input-tokens", "output_tokens": "output-tokens"}
 # The API rounds token counts in its headers to the nearest thousand; trust them only that far.
 HEADER_SLACK = {"requests": 0.0, "input_tokens": 500.0, "output_tokens": 500.0}
 STATE_FILE = "ratelimit_state.jsonl"
@@ -337,13 +338,13 @@ class RateLimiter:
             self._log({"t": self.clock(), "pause": t})
 
     def observe(self, headers: Any) -> None:
-        """Adapt to ``anthropic-ratelimit-*`` response headers (missing ones are ignored)."""
-        if headers is None:
+        """Adapt to the rate-limit response headers of either provider (missing ones are ignored)."""
+        seen = rate_headers(headers)
+        if not seen:
             return
         now = self.clock()
         for dim, b in self.buckets.items():
-            h = HEADER_DIMS[dim]
-            lim = _num(headers.get(f"anthropic-ratelimit-{h}-limit"))  # per minute
+            lim, rem = seen.get(dim, (None, None))  # lim: per minute
             mine = self.limits.limit(dim)  # per period_s
             per_period = None if lim is None else lim * self.limits.period_s / 60.0
             if per_period is not None and mine is not None and per_period < mine and dim not in self._lowered:
@@ -354,7 +355,6 @@ class RateLimiter:
                                            self.limits.period_s, now)
                 nb.level = min(b.level, nb.capacity)
                 self.buckets[dim] = b = nb
-            rem = _num(headers.get(f"anthropic-ratelimit-{h}-remaining"))
             if rem is not None:
                 b.cap_level(rem + HEADER_SLACK[dim], now)
         self._changed()  # a lower level only lengthens the wait, but the waiter must see it
@@ -363,15 +363,6 @@ class RateLimiter:
 def _key(dim: str) -> str:
     return {"requests": "requests_per_minute", "input_tokens": "input_tokens_per_minute",
             "output_tokens": "output_tokens_per_minute"}[dim]
-
-
-def _num(v: Any) -> float | None:
-    if v is None or v == "":
-        return None
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return None
 
 
 @dataclass

@@ -15,7 +15,9 @@ Everything lands in ``out_dir`` (``prompts.jsonl``, ``results.jsonl``, ``errors.
 ``ratelimit_state.jsonl``, ``dataset_report.md``/``.png``), which is also where
 Hydra saves the run's config, so rerunning the same command resumes the same dataset.
 
-The key is taken from ``ANTHROPIC_API_KEY`` only. A config that carries it (or any ``api_key``-like
+``provider=anthropic`` (the Messages API) or ``provider=openai`` (chat completions at any
+OpenAI-compatible ``client.base_url``; ``logprobs=k`` stores the answer's top-k log-probs).
+The key is taken from ``ANTHROPIC_API_KEY`` / ``OPENAI_API_KEY`` only (none on 127.0.0.1). A config that carries it (or any ``api_key``-like
 entry) is refused, and a logging filter masks the key in every log line, so neither the output
 folder, the saved Hydra config nor the logs can contain it.
 """
@@ -34,6 +36,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from distill.config import CONF_DIR
 from distill.api_client.client import API_KEY_ENV, RetryPolicy, TeacherClient, api_key_from_env, estimate_tokens
+from distill.api_client.openai_client import OPENAI_KEY_ENV, make_client
 from distill.teacher_data.filters import filter_file
 from distill.teacher_data.generate import RESULTS, Generator
 from distill.api_client.pricing import PriceTable
@@ -47,7 +50,15 @@ from distill.config import app_errors, prepare_app
 log = logging.getLogger(__name__)
 
 STAGES = ("prompts", "estimate", "generate", "filter", "report", "all")
-_SECRET_KEYS = ("api_key", "apikey", "auth_token", "anthropic_api_key", "x-api-key", "authorization")
+_SECRET_KEYS = ("api_key", "apikey", "auth_token", "anthropic_api_key", "openai_api_key", "x-api-key", "authorization")
+KEY_ENVS = {"anthropic": API_KEY_ENV, "openai": OPENAI_KEY_ENV}
+
+
+def key_env(cfg: DictConfig) -> str:
+    provider = str(cfg.get("provider", "anthropic"))
+    if provider not in KEY_ENVS:
+        raise ValueError(f"provider must be one of {sorted(KEY_ENVS)}, got {provider!r}")
+    return KEY_ENVS[provider]
 
 
 class GenerationIncomplete(RuntimeError):
@@ -119,8 +130,9 @@ def build_client(cfg: DictConfig) -> TeacherClient:
     limits = LimiterPool(limits_from_config(OmegaConf.to_container(c, resolve=True)))
     retry = RetryPolicy(max_attempts=int(c.max_attempts), base_delay_s=float(c.backoff_base_s),
                         max_delay_s=float(c.backoff_max_s), max_retry_after_s=float(c.get("max_retry_after_s", 600)))
-    return TeacherClient(base_url=c.get("base_url"), timeout_s=float(c.timeout_s), concurrency=int(c.concurrency),
-                         limits=limits, retry=retry, seed=int(cfg.get("seed", 0)))
+    return make_client(str(cfg.get("provider", "anthropic")), base_url=c.get("base_url"),
+                       timeout_s=float(c.timeout_s), concurrency=int(c.concurrency), limits=limits, retry=retry,
+                       seed=int(cfg.get("seed", 0)), logprobs=cfg.get("logprobs"))
 
 
 def load_or_make_prompts(cfg: DictConfig, out_dir: Path):
@@ -184,7 +196,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     stage = str(cfg.stage)
     if stage not in STAGES:
         raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
-    secret = os.environ.get(API_KEY_ENV, "").strip() or None
+    secret = os.environ.get(key_env(cfg), "").strip() or None
     install_redaction(secret)
     check_no_secrets(cfg, secret)
     out_dir = Path(cfg.out_dir)
@@ -202,7 +214,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     summary = None
     if stage in ("generate", "all"):
-        api_key_from_env()  # fail before any work if the key is missing
+        api_key_from_env(key_env(cfg), cfg.client.get("base_url"))  # fail before any work if the key is missing
+        if str(cfg.mode) == "batch" and str(cfg.get("provider", "anthropic")) != "anthropic":
+            raise ValueError("mode=batch uses Anthropic's Message Batches; with provider=openai use mode=messages")
 
         async def go():
             client = build_client(cfg)

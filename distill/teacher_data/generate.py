@@ -133,6 +133,8 @@ class Generator:
                "usage": result["usage"], "cost_usd": cost, "batch": batch, "message_id": result.get("message_id"),
                "attempts": attempts, "latency_s": None if latency_s is None else round(latency_s, 3),
                "created_at": datetime.now(timezone.utc).isoformat()}
+        if result.get("logprobs") is not None:  # provider=openai with logprobs=k: beside the text
+            rec["logprobs"] = result["logprobs"]
         if p.response_format == "rationale":
             parsed = rationale.parse(result["text"])
             rec["rationale"], rec["answer"] = parsed if parsed else (None, None)

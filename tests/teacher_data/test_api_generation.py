@@ -155,7 +155,7 @@ def test_fatal_auth_error_stops_cleanly_and_wrong_key_is_not_written(fake_api, m
 def test_missing_key_is_a_clear_error(monkeypatch, tmp_path, teacher_cfg):
     monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
     with pytest.raises(RuntimeError, match="ANTHROPIC_API_KEY is not set"):
-        run(teacher_cfg(tmp_path, "http://127.0.0.1:9"))
+        run(teacher_cfg(tmp_path, "https://api.example.invalid"))
 
 
 def test_key_in_config_is_refused(fake_api, api_key_env, tmp_path, teacher_cfg):

@@ -47,6 +47,8 @@ def sparse_heldout_metrics(student_logits: torch.Tensor, teacher, targets: torch
     (:func:`distill.losses.sparse.sparse_forward_kl`; for a top-k cache a lower bound of the full
     KL, for a sampled cache a noisy estimate). ``sparse_agree`` (top-k caches only, whose first id
     is the teacher's argmax): top-1 agreement, the same quantity as the online ``agree``.
+    ``teacher_ce`` / ``teacher_tokens``: the teacher's exact CE, when it gives the log-prob of each
+    target (``sampled_logprobs``: a cache stores it), so a cached run keeps its teacher row.
     """
     from distill.losses.sparse import sparse_forward_kl
 
@@ -58,6 +60,10 @@ def sparse_heldout_metrics(student_logits: torch.Tensor, teacher, targets: torch
     if not teacher.sampled:
         top1 = teacher.topk_ids.gather(-1, teacher.topk_logprobs.argmax(-1, keepdim=True)).squeeze(-1)
         out["sparse_agree"] = float((student_logits.argmax(-1) == top1)[mask].sum())
+    target_lp = getattr(teacher, "sampled_logprobs", None)
+    if target_lp is not None:
+        out["teacher_ce"] = float(-target_lp.float()[mask].sum())
+        out["teacher_tokens"] = out["tokens"]
     return out
 
 
@@ -81,9 +87,11 @@ def finalize(total: dict[str, float]) -> dict[str, float]:
     n = max(total.get("tokens", 0.0), 1.0)
     out = {"loss": total.get("student_ce", 0.0) / n}
     out["ppl"] = math.exp(min(out["loss"], 50.0))
-    if "teacher_ce" in total:
+    # A sparse teacher's CE counts only where every batch gave it (teacher_tokens): never a partial mean.
+    if "teacher_ce" in total and total.get("teacher_tokens", total.get("tokens", 0.0)) == total.get("tokens", 0.0):
         out["teacher_loss"] = total["teacher_ce"] / n
         out["teacher_ppl"] = math.exp(min(out["teacher_loss"], 50.0))
+    if "agree" in total:
         out["agreement"] = total["agree"] / n
         out["kl"] = total["kl"] / n
     if "sparse_kl" in total:  # a cached (sparse) teacher: see sparse_heldout_metrics

@@ -78,10 +78,10 @@ def test_round_trip_reads_back_exactly_what_was_written(tmp_path, value_dtype):
         w.begin_split("train", C.data_fingerprint(ex, 12))
         orig = w.write_shard
 
-        def record(split, index, rows, lengths, _orig=orig, _w=w):
+        def record(split, index, rows, lengths, _orig=orig, _w=w, **kw):
             written.setdefault(_w.mode, []).append((rows.ids.clone(), rows.values.clone(), rows.tail.clone(),
                                                     list(lengths)))
-            return _orig(split, index, rows, lengths)
+            return _orig(split, index, rows, lengths, **kw)
 
         w.write_shard = record
     stats = C.cache_split(model, ex, [wt, ws], "train", pad_id=0, batch_size=2, progress=False)  # one teacher pass
@@ -261,7 +261,7 @@ def test_mismatched_data_tokenizer_teacher_and_settings_are_clear_errors(tmp_pat
     # settings the config expects
     with pytest.raises(C.CacheMismatchError, match=r"teacher.k=16 but the cache holds 8"):
         build_components(_train_cfg(tmp_path, "teacher.k=16")).load()
-    with pytest.raises(FileNotFoundError, match=r"no teacher cache at .*distill-cache-logits"):
+    with pytest.raises(C.CacheMismatchError, match=r"no teacher cache there[\s\S]*distill-cache-logits"):
         build_components(_train_cfg(tmp_path, name="missing")).load()
     # tokenizer: a different vocabulary
     tok_dir = tmp_path / "other_tok"

@@ -9,8 +9,10 @@ Use the same ``data=`` / ``student=`` overrides as the training runs that will r
     distill-cache-logits cache.max_steps=600              # only the examples 600 steps will read
     distill-train experiment=stdlib_cached                # train from it (teacher=cached, loss=kd_chunked)
 
-Interrupting is safe: a rerun with the same overrides verifies the manifest and resumes at the
-first unfinished shard.
+The cache goes to ``<paths.cache_dir>/data/teacher_logits/<teacher preset>-<key>-<mode>-k<k>``,
+keyed by the teacher's identity (weights, not the preset's name), the tokenizer, the data, mode,
+k and max_steps; ``cache.dir=...`` names a folder of your own. Interrupting is safe: a rerun with
+the same overrides verifies the manifest and resumes at the first unfinished shard.
 """
 
 from __future__ import annotations
@@ -23,18 +25,11 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from distill.teachers.cache import (CacheReader, CacheWriter, cache_split, data_fingerprint, select_visited,
-                                    teacher_fingerprint, tokenizer_fingerprint)
-from distill.config import CONF_DIR, instantiate
-from distill.config import app_errors, prepare_app
+from distill.config import CONF_DIR, ConfigError, app_errors, instantiate, prepare_app
+from distill.teachers.cache.reader import CacheReader
+from distill.teachers.cache.write import WriteSettings, keyed_path, split_fingerprints, write_cache
 
 log = logging.getLogger(__name__)
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def _teacher_choice(cfg: DictConfig) -> str | None:
@@ -57,18 +52,29 @@ def _overrides() -> list[str]:
         return []
 
 
+def _settings(c: DictConfig) -> WriteSettings:
+    return WriteSettings(mode=str(c.mode), k=int(c.k), splits=tuple(c.splits),
+                         max_steps=int(c.max_steps) if c.get("max_steps") else None,
+                         encoding=dict(OmegaConf.to_container(c.encoding, resolve=True)) if c.get("encoding") else {},
+                         shard_size=int(c.shard_size), batch_size=int(c.batch_size), device=str(c.device),
+                         progress=bool(c.progress), seed=int(c.seed),
+                         proposal_temperature=float(c.proposal_temperature), overwrite=bool(c.overwrite))
+
+
 def cache_logits(cfg: DictConfig, max_shards: int | None = None) -> CacheReader | list[CacheReader]:
     """Write (or finish) the cache described by ``cfg.cache``; return a reader of it.
 
-    With ``cache.also`` (more ``{mode, k}`` caches from the same teacher pass) a list of readers,
-    ``cache.dir``'s first. ``max_shards`` stops after that many new shards per split (to test
-    resuming).
+    The folder is ``cache.dir`` when set, else ``<cache.root>/<cache.name>``, else
+    ``<cache.root>/<teacher preset>-<key>-<mode>-k<k>``, keyed by what determines the rows
+    (:mod:`distill.teachers.cache.key`: the teacher's identity, tokenizer, data, mode, k,
+    max_steps): ``teacher=cached`` finds it there by itself. With ``cache.also`` (more ``{mode, k}``
+    caches from the same teacher pass) a list of readers, the main cache's first. ``max_shards``
+    stops after that many new shards per split (to test resuming).
     """
     from distill.data.tokenizer import load_tokenizer
-    from distill.teachers.hf import HFTeacher
 
     c = cfg.cache
-    torch.manual_seed(cfg.seed)  # a teacher built from config (tests) gets the same weights on every rerun
+    torch.manual_seed(cfg.seed)
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
     # The parts of distill.build.build_checked a cache pass needs (it has no loss to check): the
@@ -78,51 +84,22 @@ def cache_logits(cfg: DictConfig, max_shards: int | None = None) -> CacheReader 
     tokenizer = load_tokenizer(student.tokenizer, student.tokenizer_build, source=datamodule.source)
     datamodule.connect(tokenizer)
     teacher = instantiate(cfg.teacher, "teacher")
-    if not isinstance(teacher, HFTeacher):
-        raise ValueError(f"distill-cache-logits: teacher must be a model to run (e.g. teacher=tiny_stdlib), got "
-                         f"{type(teacher).__name__}; teacher=cached / none have no logits to cache")
-    vocab = len(tokenizer)
-    info = teacher.info()
-    if info.vocab_size < vocab:
-        raise ValueError(f"teacher has {info.vocab_size} output rows but the tokenizer {student.tokenizer!r} has "
-                         f"{vocab} ids; cache with the student tokenizer the teacher was trained with")
-    teacher.prepare(datamodule)  # the default teacher is pretrained here on first use
-    datamodule.setup("fit")
-    teacher.load()
-    device = _device(c.device)
-    teacher.to(device)
-    model = teacher.model
+    if not teacher.can_generate:
+        raise ConfigError(f"distill-cache-logits: teacher must be a model to run (e.g. teacher=tiny_stdlib), got "
+                          f"{type(teacher).__name__}; teacher=cached / remote / none have no logits to cache")
+    settings = _settings(c)
     choice = _teacher_choice(cfg)
-    encoding = dict(OmegaConf.to_container(c.encoding, resolve=True)) if c.get("encoding") else {}
-    common = dict(vocab_size=vocab, shard_size=int(c.shard_size), seed=int(c.seed),
-                  overwrite=bool(c.overwrite), teacher=teacher_fingerprint(teacher.spec, model, choice),
-                  tokenizer=tokenizer_fingerprint(tokenizer), extra={"overrides": _overrides()})
-    writers = [CacheWriter(c.dir, mode=c.mode, k=int(c.k), proposal_temperature=float(c.proposal_temperature),
-                           encoding=encoding, **common)]
-    # More caches from the same teacher pass (e.g. top-k and sampled side by side): the forward
-    # is paid once, each extra cache costs only its encoding.
-    for extra in c.get("also") or []:
-        mode, k = extra["mode"], int(extra["k"])
-        where = extra.get("dir") or str(Path(c.dir).parent / f"{choice or 'teacher'}-{mode}-k{k}")
-        # Its own encoding: the fields it names, "auto" (the smallest for its mode) for the rest.
-        writers.append(CacheWriter(where, mode=mode, k=k, encoding=dict(extra.get("encoding") or {}),
-                                   proposal_temperature=float(extra.get("proposal_temperature", 1.0)), **common))
-    rows = []
-    for split in c.splits:
-        if split not in ("train", "val"):
-            raise ValueError(f"cache.splits: unknown split {split!r}; use train and/or val")
-        examples = datamodule.examples(split)
-        selection = None
-        if split == "train" and c.get("max_steps"):
-            selection = select_visited(datamodule, int(c.max_steps))
-        data = data_fingerprint(examples, datamodule.seq_len, datamodule.source, split)
-        for writer in writers:
-            writer.begin_split(split, data, selection, overwrite=bool(c.overwrite))
-        stats = cache_split(model, examples, writers, split, pad_id=tokenizer.pad_token_id,
-                            batch_size=int(c.batch_size), device=device, progress=bool(c.progress),
-                            max_shards=max_shards)
-        rows.append(stats)
-    readers = [CacheReader(w.path) for w in writers]
+    data = split_fingerprints(datamodule)
+
+    def where(mode: str, k: int, explicit: str | None = None) -> Path:
+        if explicit:
+            return Path(explicit)
+        return keyed_path(c.root, choice, teacher, datamodule, settings, data, mode, k)
+
+    main = where(settings.mode, settings.k, c.get("dir") or (str(Path(c.root) / c.name) if c.get("name") else None))
+    also = [(where(e["mode"], int(e["k"]), e.get("dir")), dict(e)) for e in (c.get("also") or [])]
+    readers, rows = write_cache(teacher, datamodule, main, settings, label=choice, also=also,
+                                extra={"overrides": _overrides()}, max_shards=max_shards)
     for reader in readers:
         m = reader.manifest
         print(f"\n=== teacher cache: {m['mode']}, k={m['k']}, {reader.encoding} -> {reader.path}", flush=True)
@@ -133,6 +110,8 @@ def cache_logits(cfg: DictConfig, max_shards: int | None = None) -> CacheReader 
             print(f"{s.split:<7}{s.examples:>10}{n_tok:>12}{f'{s.shards_written}/{s.shards_skipped}':>20}"
                   f"{s.seconds:>9.1f}{s.tokens / max(s.seconds, 1e-9):>10.0f}{n_bytes / 1e6:>9.1f}"
                   f"{n_bytes / max(n_tok, 1):>9.1f}", flush=True)
+    print(f"train from it with teacher=cached (found by tokenizer and data; teacher.source={choice} picks it among "
+          f"several, teacher.path={readers[0].path} names it)", flush=True)
     return readers[0] if len(readers) == 1 else readers
 
 

@@ -30,8 +30,10 @@ class SplitReader:
     """
 
     def __init__(self, path: Path, split: str, entry: dict, shard_size: int, encoding: Encoding, k: int,
-                 version: int):
+                 version: int, has_next_logprob: bool = False):
         self.path, self.split, self.entry, self.shard_size = path, split, entry, shard_size
+        #: whether shards hold ``next_logprob`` (see :meth:`next_logprob`)
+        self.has_next_logprob = has_next_logprob
         self.encoding, self.k, self.version = encoding, k, version
         self.num_examples = entry["data"]["num_examples"]
         self.selection = entry.get("selection", {"kind": "all"})
@@ -130,6 +132,15 @@ class SplitReader:
                 return slices[name][starts[name]:starts[name] + nbytes]
         return codec.unpack(get, enc, self.k, length)
 
+    def next_logprob(self, i: int) -> torch.Tensor | None:
+        """``(L,)`` float32: the teacher's log-prob of each position's next input token (NaN at the
+        last position); None for a cache written before it was stored."""
+        if not self.has_next_logprob:
+            return None
+        h, index, j = self._locate(i)
+        a, b = int(index["offsets"][j]), int(index["offsets"][j + 1])
+        return h.get_slice("next_logprob")[a:b]
+
     def examples(self) -> Iterator[tuple[int, Row]]:
         """``(index, row)`` of every cached example, in index order."""
         for s in range(self.entry["num_shards"]):
@@ -171,7 +182,8 @@ class CacheReader:
         self.path = Path(path)
         manifest = self.path / MANIFEST
         if not manifest.exists():
-            raise FileNotFoundError(
+            # A ConfigError: the apps print it as one clean line (rc 2), not a traceback.
+            raise CacheMismatchError(
                 f"no teacher cache at {self.path} ({MANIFEST} is missing). Write it first with "
                 "`distill-cache-logits` using the same data/student overrides as the training run (and "
                 "cache.dir=<this folder> if it is not the default), or point teacher.path at an existing cache.")
@@ -205,7 +217,7 @@ class CacheReader:
                                f"{entry['num_shards']} shards); rerun distill-cache-logits with the same overrides: "
                                "it resumes where it stopped")
         return SplitReader(self.path, split, entry, int(self.manifest["shard_size"]), self.encoding, self.k,
-                           self.version)
+                           self.version, bool(self.manifest.get("next_logprob")))
 
     def stored_bytes(self, split: str | None = None) -> tuple[int, int]:
         """``(bytes of shard files, tokens)`` over one split or all."""

@@ -26,6 +26,22 @@ class PassStats:
 
 
 @torch.no_grad()
+def next_token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``(T,)`` float32: at each real position, the teacher's log-prob of the next input token.
+
+    ``logits`` are the ``(T, V)`` rows of the real positions of a right-padded batch (as
+    ``cache_split`` selects them), ``input_ids`` and ``mask`` the ``(B, L)`` batch. An example's
+    last position has no next token: NaN (no loss ever reads it: its target is -100).
+    """
+    nxt = torch.nn.functional.pad(input_ids[:, 1:], (0, 1), value=0)
+    has_next = torch.nn.functional.pad(mask[:, 1:], (0, 1), value=False) & mask
+    nxt, has_next = nxt[mask].to(logits.device), has_next[mask].to(logits.device)
+    z = logits.float()
+    lp = z.gather(-1, nxt.clamp(max=z.shape[-1] - 1).unsqueeze(-1)).squeeze(-1) - torch.logsumexp(z, dim=-1)
+    return lp.masked_fill(~has_next, float("nan"))
+
+
+@torch.no_grad()
 def cache_split(model: torch.nn.Module, examples, writers: list[CacheWriter], split: str, *, pad_id: int,
                 batch_size: int = 32, device: torch.device | str = "cpu", progress: bool = True,
                 max_shards: int | None = None) -> PassStats:
@@ -37,6 +53,9 @@ def cache_split(model: torch.nn.Module, examples, writers: list[CacheWriter], sp
     shard boundaries (a selection of a few examples per shard still batches well); each shard is
     written as soon as its last example is encoded. ``max_shards`` stops after that many shards
     (tests use it to simulate an interrupted run).
+
+    Each position's log-prob of the next input token (:func:`next_token_logprobs`) is passed along
+    to the writers that store it (the teacher's exact held-out CE, whatever its rank).
     """
     from tqdm.auto import tqdm
 
@@ -59,13 +78,16 @@ def cache_split(model: torch.nn.Module, examples, writers: list[CacheWriter], sp
     if skipped:
         log.info("teacher cache %s: %d of %d shards already written, resuming", split, skipped, num_shards)
     parts: dict[tuple[int, int], list[Rows]] = {(j, s): [] for s in todo for j in active[s]}
+    nexts: dict[int, list[torch.Tensor]] = {s: [] for s in todo}
     lengths: dict[int, list[int]] = {s: [] for s in todo}
     left = {s: len(held[s]) for s in todo}
 
     def flush(s: int) -> None:
+        nxt = nexts.pop(s)
+        nxt = torch.cat(nxt) if nxt else None
         for j in active[s]:
             rows = parts.pop((j, s))
-            writers[j].write_shard(split, s, Rows.cat(rows) if rows else None, lengths[s])
+            writers[j].write_shard(split, s, Rows.cat(rows) if rows else None, lengths[s], next_logprob=nxt)
 
     for s in todo:
         if not left[s]:
@@ -85,6 +107,7 @@ def cache_split(model: torch.nn.Module, examples, writers: list[CacheWriter], sp
         logits = out.logits[..., :vocab][mask.to(out.logits.device)]
         lens = mask.sum(1).tolist()
         starts = [0, *torch.tensor(lens).cumsum(0).tolist()]
+        nxt = next_token_logprobs(logits, batch["input_ids"], mask).cpu()
         for j, w in enumerate(writers):
             if not any(j in active[s] for s, _ in chunk):
                 continue
@@ -99,7 +122,8 @@ def cache_split(model: torch.nn.Module, examples, writers: list[CacheWriter], sp
             for (s, _), rows in zip(chunk, encoded):
                 if j in active[s]:
                     parts[(j, s)].append(rows.compact())
-        for (s, _), n in zip(chunk, lens):
+        for e, ((s, _), n) in enumerate(zip(chunk, lens)):
+            nexts[s].append(nxt[starts[e]:starts[e + 1]])
             lengths[s].append(n)
             left[s] -= 1
             if not left[s]:

@@ -10,6 +10,12 @@ Resumable: each shard is written to a temporary file and renamed, then the manif
 replaced atomically) lists it; a rerun verifies the settings and fingerprints and skips finished
 shards. The manifest records fingerprints of the teacher, the tokenizer and the data per split
 (:mod:`~distill.teachers.cache.fingerprint`) and the :class:`~distill.teachers.cache.codec.Encoding`.
+
+Besides the sparse rows, every shard of a cache created by this version holds ``next_logprob``
+(float32, one per token): the teacher's exact log-prob of the *next input token*, whether or not it
+is in the stored support (manifest ``"next_logprob": true``). Validation then reports the teacher's
+held-out cross-entropy exactly from the cache (a top-k support alone cannot give it for a label
+outside the top k), at 4 B/token. It is stored raw beside the codec's fields, never compressed.
 """
 
 from __future__ import annotations
@@ -105,10 +111,12 @@ class CacheWriter:
                 self._clear()
                 old = None
         self.manifest: dict = old or {"format": FORMAT, **settings, "teacher": teacher, "tokenizer": tokenizer,
-                                      "bytes_per_token": encoding.bytes_per_token(self.k),
+                                      "bytes_per_token": encoding.bytes_per_token(self.k), "next_logprob": True,
                                       "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "splits": {}}
         if extra:
             self.manifest.setdefault("extra", {}).update(extra)
+        # A cache begun before next_logprob existed keeps its layout when resumed: all shards alike.
+        self.stores_next_logprob = bool(self.manifest.get("next_logprob"))
         self._selected: dict[str, list[int] | None] = {}
         self.path.mkdir(parents=True, exist_ok=True)
         self._save_manifest()
@@ -213,8 +221,13 @@ class CacheWriter:
         out["frame_offsets"] = torch.as_tensor(np.cumsum(sizes), dtype=torch.int64)
         return out
 
-    def write_shard(self, split: str, index: int, rows: Rows | None, lengths: list[int]) -> dict:
-        """Write shard ``index`` of ``split`` (rows of :meth:`shard_examples`, in order) and list it."""
+    def write_shard(self, split: str, index: int, rows: Rows | None, lengths: list[int],
+                    next_logprob: torch.Tensor | None = None) -> dict:
+        """Write shard ``index`` of ``split`` (rows of :meth:`shard_examples`, in order) and list it.
+
+        ``next_logprob``: ``(tokens,)`` the teacher's log-prob of each position's next input token
+        (NaN at an example's last position); required when the manifest stores it.
+        """
         entry = self.manifest["splits"][split]
         held = self.shard_examples(split, index)
         if len(lengths) != len(held):
@@ -228,6 +241,11 @@ class CacheWriter:
                 raise ValueError(f"shard {index} of {split}: rows of shapes {got} do not match {total} tokens x "
                                  f"k={self.k}")
             tensors = {k: v.contiguous() for k, v in self.shard_tensors(rows.compact(), lengths, held).items()}
+            if self.stores_next_logprob:
+                if next_logprob is None or tuple(next_logprob.shape) != (total,):
+                    raise ValueError(f"shard {index} of {split}: next_logprob of shape "
+                                     f"{None if next_logprob is None else tuple(next_logprob.shape)}, expected ({total},)")
+                tensors["next_logprob"] = next_logprob.detach().float().cpu().contiguous()
             name = shard_name(split, index)
             tmp = self.path / (name + ".tmp")
             # One metadata key: safetensors writes a metadata map in arbitrary order, and identical

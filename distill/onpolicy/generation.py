@@ -1,16 +1,19 @@
 """Continuations of a batch of prompts, behind one :class:`Generator` interface.
 
 A generator takes left-padded prompts and a model and returns the sampled continuations with a
-mask that keeps each one up to and including its first EOS (:class:`Generated`). Two live here:
+mask that keeps each one up to and including its first stop token (:class:`Generated`). The stop
+tokens are :func:`distill.data.conventions.stop_token_ids` of the run's tokenizer: a chat model's
+end-of-turn token (``<|im_end|>``, ``<end_of_turn>``) first, then its ``eos`` if that differs, so a
+chat answer ends where its chat template ends the turn. Two generators live here:
 
 * :class:`HFGenerator`: Hugging Face ``generate`` on the whole batch at once, with a KV cache
   (``cache_implementation="static"`` where the model and device support it, e.g. on a GPU),
-  stopping when every row has emitted EOS;
+  stopping when every row has emitted a stop token;
 * :func:`distill.onpolicy.speculative.speculative_generate` (speculative KD) is a token-level loop
   over two models and so is its own function.
 
 An external engine (vLLM on a GPU) fits the same interface: a class with
-``__call__(model, prompt_ids, prompt_mask, sampling, eos_id, pad_id, vocab_size) -> Generated``
+``__call__(model, prompt_ids, prompt_mask, sampling, stop_ids, pad_id, vocab_size) -> Generated``
 that syncs ``model``'s (LoRA-merged) weights into the engine before sampling.
 
 Every generator runs with the model in eval mode (no dropout), under ``no_grad``, and restores
@@ -21,10 +24,23 @@ inside Lightning's ``training_step`` that is the run's precision (autocast for `
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, Union
 
 import torch
+
+#: What a generator stops at: one token id, several (the end of turn first), or None (never stops early).
+StopIds = Union[int, Sequence[int], None]
+
+
+def stop_list(stop_ids: StopIds) -> list[int]:
+    """``stop_ids`` as a list (empty: no stop token)."""
+    if stop_ids is None:
+        return []
+    if isinstance(stop_ids, int) or (isinstance(stop_ids, torch.Tensor) and stop_ids.dim() == 0):
+        return [int(stop_ids)]
+    return [int(i) for i in stop_ids]
 
 
 @dataclass
@@ -32,7 +48,7 @@ class Sampling:
     """How continuations are drawn.
 
     Args:
-        max_new_tokens: the most tokens a continuation gets (fewer when EOS comes first).
+        max_new_tokens: the most tokens a continuation gets (fewer when a stop token comes first).
         temperature: softmax temperature of the sampling distribution (> 0).
         top_p: nucleus sampling mass in (0, 1]; 1 = the full distribution.
         greedy: argmax decoding instead of sampling (temperature and top_p ignored).
@@ -61,9 +77,9 @@ class Generated:
     """Continuations of left-padded prompts.
 
     Attributes:
-        completion: ``(B, N)`` generated ids; positions after a row's first EOS hold padding.
-        completion_mask: ``(B, N)`` 1 up to and including the first EOS (a row without EOS keeps
-            all ``N``), 0 after it.
+        completion: ``(B, N)`` generated ids; positions after a row's first stop token hold padding.
+        completion_mask: ``(B, N)`` 1 up to and including the first stop token (a row without one
+            keeps all ``N``), 0 after it.
         from_teacher: ``(B, N)`` bool, True where the teacher wrote the token (speculative KD), or None.
     """
 
@@ -80,16 +96,21 @@ class Generator(Protocol):
     """Samples continuations of ``prompt_ids`` from ``model`` (see the module docstring)."""
 
     def __call__(self, model: torch.nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
-                 sampling: Sampling, eos_id: int | None, pad_id: int, vocab_size: int | None = None) -> Generated: ...
+                 sampling: Sampling, stop_ids: StopIds, pad_id: int, vocab_size: int | None = None) -> Generated: ...
 
 
-def completion_mask(completion: torch.Tensor, eos_id: int | None) -> torch.Tensor:
-    """``(B, N)`` long mask: 1 up to and including each row's first ``eos_id``, 0 after it."""
-    if eos_id is None:
+def completion_mask(completion: torch.Tensor, stop_ids: StopIds) -> torch.Tensor:
+    """``(B, N)`` long mask: 1 up to and including each row's first stop token, 0 after it.
+
+    The stop token itself is kept (the student learns to end its turn); what follows it (a chat
+    template's newline, padding) is not part of the answer.
+    """
+    stops = stop_list(stop_ids)
+    if not stops:
         return torch.ones_like(completion)
-    is_eos = completion == eos_id
-    # positions strictly after the first EOS: an EOS appeared before them
-    after = (is_eos.long().cumsum(-1) - is_eos.long()) > 0
+    is_stop = torch.isin(completion, torch.tensor(stops, dtype=completion.dtype, device=completion.device))
+    # positions strictly after the first stop token: a stop token appeared before them
+    after = (is_stop.long().cumsum(-1) - is_stop.long()) > 0
     return (~after).long()
 
 
@@ -121,16 +142,18 @@ def sample_next(logits: torch.Tensor, sampling: Sampling, generator: torch.Gener
 
 
 class HFGenerator:
-    """Batched Hugging Face ``generate`` with a KV cache, left-padded prompts, stop at EOS.
+    """Batched Hugging Face ``generate`` with a KV cache, left-padded prompts, stop at any stop token.
 
     ``vocab_size`` smaller than the model's output size (an embedding matrix padded past the
     shared tokenizer) keeps the padded ids from ever being sampled: the student could not embed them.
     """
 
     def __call__(self, model: torch.nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
-                 sampling: Sampling, eos_id: int | None, pad_id: int, vocab_size: int | None = None) -> Generated:
+                 sampling: Sampling, stop_ids: StopIds, pad_id: int, vocab_size: int | None = None) -> Generated:
+        stops = stop_list(stop_ids)
+        # generate() stops a row at any of these (and pads it after); without them, at max_new_tokens
         kwargs = dict(max_new_tokens=sampling.max_new_tokens, do_sample=not sampling.greedy, use_cache=True,
-                      pad_token_id=pad_id, eos_token_id=eos_id, return_dict_in_generate=False)
+                      pad_token_id=pad_id, eos_token_id=stops or None, return_dict_in_generate=False)
         if not sampling.greedy:
             # top_k=0: no top-k truncation besides top_p (HF's default top_k is 50)
             kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
@@ -146,7 +169,7 @@ class HFGenerator:
         completion = sequences[:, prompt_ids.shape[1]:]
         if completion.shape[1] == 0:  # max_new_tokens reached immediately cannot happen (>= 1), but be safe
             completion = torch.full((prompt_ids.shape[0], 1), pad_id, dtype=prompt_ids.dtype, device=prompt_ids.device)
-        mask = completion_mask(completion, eos_id)
+        mask = completion_mask(completion, stops)
         return Generated(completion=completion.masked_fill(mask == 0, pad_id), completion_mask=mask)
 
 

@@ -9,7 +9,12 @@
 
 The prompts go to the generator left-padded (so every row's last prompt token sits in the last
 column and decoding appends in step); the rows go back to training right-padded, as the DataModule
-pads, with the prompt's labels at ``-100`` and the continuation's (through its first EOS) kept.
+pads, with the prompt's labels at ``-100`` and the continuation's (through its first stop token:
+the end-of-turn token of a chat model) kept.
+
+Chat prompt sets (MBPP, HumanEval, the API prompts) are data sources whose examples are exactly
+such masked prompts (:mod:`distill.onpolicy.chat_prompts`): ``mode=auto`` takes the whole rendered
+prompt, through the template's assistant header, as the prompt.
 """
 
 from __future__ import annotations
@@ -93,8 +98,8 @@ def data_row(batch: dict, i: int) -> Row:
 def generated_row(prompt: torch.Tensor, completion: torch.Tensor, length: int) -> Row:
     """``prompt`` (label -100) followed by the first ``length`` generated tokens (their ids as labels).
 
-    ``length`` counts through the first EOS: the EOS carries loss (the student learns to stop),
-    nothing after it is in the row at all.
+    ``length`` counts through the first stop token: it carries loss (the student learns to end
+    its turn), nothing after it is in the row at all.
     """
     kept = completion[:length]
     ids = torch.cat([prompt, kept])

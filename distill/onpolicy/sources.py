@@ -16,8 +16,10 @@ is pure SeqKD). The teacher then scores whatever sequence the batch holds, with 
 is configured, so every divergence, chunked and fused loss, hidden-state matching and
 micro-batching work unchanged.
 
-Masks: prompt tokens, padding and everything after a continuation's first EOS carry no loss; the
-generated tokens (through the EOS) do. The module counts the step's loss tokens on the returned
+Masks: prompt tokens, padding and everything after a continuation's first stop token carry no
+loss; the generated tokens (through the stop token) do. The stop tokens are the run tokenizer's
+:func:`~distill.data.conventions.stop_token_ids`: a chat model's end-of-turn token (SmolLM2's
+``<|im_end|>``), so a chat answer ends where its template ends the turn, as at inference. The module counts the step's loss tokens on the returned
 batch, so the token normalisation counts the generated tokens (the bug of TRL's GKD trainer
 fixed in its PR #6478 normalised by the data's token count instead) and stays independent of the
 micro-batch size.
@@ -39,6 +41,7 @@ from collections.abc import Mapping
 import torch
 
 from distill.config import ConfigError
+from distill.data.conventions import stop_token_ids
 from distill.losses.schedules import Schedule, as_schedule
 from distill.onpolicy.base import Sequences
 from distill.onpolicy.generation import Generated, Generator, HFGenerator, Sampling
@@ -89,7 +92,7 @@ class SequenceSource(Sequences):
         self.prompts = prompts if isinstance(prompts, PromptSpec) else PromptSpec(**dict(prompts or {}))
         self.sampling = sampling if isinstance(sampling, Sampling) else Sampling(**dict(sampling or {}))
         self.generator = generator or HFGenerator()
-        self.eos_id: int | None = None
+        self.stop_ids: list[int] = []
         self.pad_id: int | None = None
         self._last_start: float | None = None
         self._last_generation_s = 0.0
@@ -122,8 +125,8 @@ class SequenceSource(Sequences):
                               f"(teacher=hf / tiny_stdlib); {type(teacher).__name__} has no model to sample from.")
 
     def connect(self, tokenizer) -> "SequenceSource":
-        """Take the EOS and padding ids from the run's tokenizer."""
-        self.eos_id = tokenizer.eos_token_id
+        """Take the stop and padding ids from the run's tokenizer (its end of turn, then its EOS)."""
+        self.stop_ids = stop_token_ids(tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         return self
 
@@ -132,7 +135,7 @@ class SequenceSource(Sequences):
             return
         tokenizer = getattr(getattr(module.trainer, "datamodule", None), "tokenizer", None)
         if tokenizer is None:
-            raise RuntimeError("SequenceSource: no tokenizer to take EOS / padding ids from; call "
+            raise RuntimeError("SequenceSource: no tokenizer to take stop / padding ids from; call "
                                "source.connect(tokenizer) or train with a DataModule that has one")
         self.connect(tokenizer)
 
@@ -174,9 +177,9 @@ class SequenceSource(Sequences):
             if who == "speculative":
                 g = torch.Generator(device=ids.device).manual_seed(seed)
                 return speculative_generate(module.student, module.teacher.causal_lm(), ids, mask, self.sampling,
-                                            self.top_k, self.eos_id, self.pad_id, vocab, generator=g)
+                                            self.top_k, self.stop_ids, self.pad_id, vocab, generator=g)
             model = module.student if who == "student" else module.teacher.causal_lm()
-            return self.generator(model, ids, mask, self.sampling, self.eos_id, self.pad_id, vocab)
+            return self.generator(model, ids, mask, self.sampling, self.stop_ids, self.pad_id, vocab)
 
     def __call__(self, batch: dict, module, step: int) -> tuple[dict, dict[str, float]]:
         start = time.perf_counter()

@@ -16,7 +16,7 @@ import inspect
 
 import torch
 
-from distill.onpolicy.generation import Generated, Sampling, completion_mask, eval_mode, sample_next
+from distill.onpolicy.generation import Generated, Sampling, StopIds, completion_mask, eval_mode, sample_next, stop_list
 
 
 def _new_cache(model: torch.nn.Module):
@@ -39,7 +39,7 @@ def _positions(mask: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def speculative_generate(student: torch.nn.Module, teacher: torch.nn.Module, prompt_ids: torch.Tensor,
-                         prompt_mask: torch.Tensor, sampling: Sampling, top_k: int, eos_id: int | None,
+                         prompt_mask: torch.Tensor, sampling: Sampling, top_k: int, stop_ids: StopIds,
                          pad_id: int, vocab_size: int | None = None,
                          generator: torch.Generator | None = None) -> Generated:
     """Token-level interleaved continuations (see the module docstring).
@@ -49,6 +49,7 @@ def speculative_generate(student: torch.nn.Module, teacher: torch.nn.Module, pro
         prompt_ids, prompt_mask: ``(B, P)`` left-padded prompts.
         sampling: proposal and replacement sampling (temperature, top_p, max_new_tokens).
         top_k: a proposal outside the teacher's top-``top_k`` tokens is replaced.
+        stop_ids: a row ends at the first of these it emits (the end-of-turn token of a chat model).
         vocab_size: compare over the first ``vocab_size`` ids (the shared tokenizer's).
         generator: the random stream of every draw.
 
@@ -59,6 +60,7 @@ def speculative_generate(student: torch.nn.Module, teacher: torch.nn.Module, pro
         raise ValueError(f"sequences.top_k must be >= 1, got {top_k}")
     b = prompt_ids.shape[0]
     device = prompt_ids.device
+    stops = torch.tensor(stop_list(stop_ids), dtype=prompt_ids.dtype, device=device)
     mask = prompt_mask.clone()
     pos = _positions(mask)
     tokens, from_teacher = [], []
@@ -81,8 +83,8 @@ def speculative_generate(student: torch.nn.Module, teacher: torch.nn.Module, pro
             token = torch.where(done, torch.full_like(token, pad_id), token)
             tokens.append(token)
             from_teacher.append(~accepted & ~done)
-            if eos_id is not None:
-                done = done | (token == eos_id)
+            if stops.numel():
+                done = done | torch.isin(token, stops)
             if bool(done.all()):
                 break
             mask = torch.cat([mask, torch.ones((b, 1), dtype=mask.dtype, device=device)], dim=1)
@@ -93,6 +95,6 @@ def speculative_generate(student: torch.nn.Module, teacher: torch.nn.Module, pro
             next_pos = next_pos + 1
     completion = torch.stack(tokens, dim=1)
     from_teacher_t = torch.stack(from_teacher, dim=1)
-    cmask = completion_mask(completion, eos_id)
+    cmask = completion_mask(completion, stops.tolist())
     return Generated(completion=completion.masked_fill(cmask == 0, pad_id), completion_mask=cmask,
                      from_teacher=from_teacher_t & (cmask == 1))

@@ -50,21 +50,22 @@ class ScriptedGenerator:
     def __init__(self, stops):
         self.stops = stops
 
-    def __call__(self, model, prompt_ids, prompt_mask, sampling, eos_id, pad_id, vocab_size=None):
+    def __call__(self, model, prompt_ids, prompt_mask, sampling, stop_ids, pad_id, vocab_size=None):
+        eos_id = stop_ids[0]
         b, n = prompt_ids.shape[0], sampling.max_new_tokens
         comp = torch.arange(100, 100 + b * n).reshape(b, n) % 1500 + 10
         for j in range(b):
             stop = self.stops[j % len(self.stops)]
             if stop is not None:
                 comp[j, stop - 1] = eos_id
-        mask = completion_mask(comp, eos_id)
+        mask = completion_mask(comp, stop_ids)
         return Generated(comp.masked_fill(mask == 0, pad_id), mask)
 
 
 def _source(stops=None, **kw) -> SequenceSource:
     kw.setdefault("sampling", {"max_new_tokens": 6})
     src = SequenceSource(generator=ScriptedGenerator(stops) if stops else None, **kw)
-    src.eos_id, src.pad_id = EOS, PAD
+    src.stop_ids, src.pad_id = [EOS], PAD
     return src
 
 

@@ -2,6 +2,10 @@
 
 Batched with left padding, sampled with temperature / top-p, ``n`` samples per prompt, stopped
 early on stop strings, and timed, so the report can show tokens/s of generation next to pass@k.
+
+A chat answer stops at the chat template's end-of-turn token (SmolLM2's ``<|im_end|>``, Gemma's
+``<end_of_turn>``), which for a base model with a template need not be its ``eos``; a completion
+stops at ``eos`` or the family's end-of-text token (:mod:`distill.data.conventions`).
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ import logging
 import time
 from typing import Any, Sequence
 
+from distill.data.conventions import document_tokens, stop_token_ids
 from distill.evaluation.settings import DEFAULT_MAX_NEW_TOKENS, GenerationResult, GenerationSettings
 
 log = logging.getLogger(__name__)
@@ -72,6 +77,15 @@ class HFSource:
             max_prompt = min(max_prompt or room, room)
         return max_prompt, max_new
 
+    def stop_ids(self, style: str) -> list[int]:
+        """Token ids that end an answer: the end of turn (then ``eos``) in chat style; ``eos`` and
+        the end-of-text token in completion style."""
+        tok = self.tokenizer
+        if style == "chat":
+            return stop_token_ids(tok)
+        ids = [tok.eos_token_id, document_tokens(tok).eos_id]
+        return [i for n, i in enumerate(ids) if i is not None and i not in ids[:n]]
+
     def generate(self, requests, settings, stop, style: str = "completion") -> GenerationResult:
         import torch
 
@@ -90,9 +104,10 @@ class HFSource:
                       key=lambda ij: -len(encoded[ij[0]]))
         out_text: list[list[str]] = [[""] * copies for _ in texts]
         out_tok: list[list[int]] = [[0] * copies for _ in texts]
-        stop_ids = {tok.eos_token_id, tok.pad_token_id} - {None}
-        gen_cfg = dict(max_new_tokens=max_new, pad_token_id=tok.pad_token_id,
-                       eos_token_id=tok.eos_token_id)
+        stops = self.stop_ids(style)
+        # an answer is cut at its first stop token (kept in the count) or at padding
+        stop_ids = set(stops) | ({tok.pad_token_id} - {None})
+        gen_cfg = dict(max_new_tokens=max_new, pad_token_id=tok.pad_token_id, eos_token_id=stops or None)
         if settings.greedy:
             gen_cfg.update(do_sample=False)
         else:

@@ -270,9 +270,11 @@ class CachedTeacher(Teacher):
 
     @property
     def tokenizer(self) -> str | None:
-        # The vocabulary is checked by hash in prepare(); returning None keeps validate.check_vocab
-        # from loading a tokenizer folder that may only exist on the machine that wrote the cache.
-        return None
+        # The teacher that will write the cache: its own tokenizer is checked against the student's
+        # before anything runs (validate.check_vocab), as an online teacher's is. A cache alone: its
+        # vocabulary is checked by hash in prepare(); None keeps validate.check_vocab from loading a
+        # tokenizer folder that may only exist on the machine that wrote the cache.
+        return self.write_with.tokenizer if self.write_with is not None else None
 
     def prepare(self, datamodule) -> None:
         """Find (or write) the cache, check it against the run, then hook its rows into the DataModule's batches."""

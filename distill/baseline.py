@@ -66,6 +66,7 @@ def baseline_config(cfg: DictConfig) -> DictConfig:
         base.sequences = None
         base.paths.output_dir = str(out_dir)
         base.summary.enabled = False
+        base.validate_at_start = False  # the run itself reports the student at initialisation
         base.export.enabled = False
         base.ckpt_path = None
         # CSV only (never the run's W&B project): its curve is drawn in the run's summary.png.

@@ -7,10 +7,11 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
-if TYPE_CHECKING:
-    from distill.evaluation.sources.local import LocalModel
+# ``spec`` is a :class:`~distill.evaluation.sources.local.LocalModel`, which calls this module: it
+# is typed loosely so that the import points one way (sources -> loading).
+LocalModel = Any
 
 log = logging.getLogger(__name__)
 

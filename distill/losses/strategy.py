@@ -19,15 +19,28 @@ target, without any code of its own.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import torch
 
 from distill.losses.inputs import LossInputs, PerToken, Reduced
 from distill.types import Need
 
-if TYPE_CHECKING:  # the component calls the strategy, never the reverse at import time
-    from distill.losses.base import LogitLoss
+
+class LogitLoss(Protocol):
+    """What a strategy reads of the component it runs (:class:`distill.losses.base.LogitLoss`
+    implements it). A protocol, not an import: the component calls the strategy, so the strategy
+    module stays below it in the layer order."""
+
+    shared_vocabulary: ClassVar[bool]
+
+    def per_token(self, student_lp: torch.Tensor, target: Any) -> torch.Tensor: ...
+
+    def target(self, inputs: LossInputs) -> Any: ...
+
+    def softmax_temperature(self, inputs: LossInputs) -> float: ...
+
+    def scale(self, temperature: float) -> float: ...
 
 
 def default_token_weights(mask: torch.Tensor) -> torch.Tensor:

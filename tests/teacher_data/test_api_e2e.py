@@ -65,7 +65,9 @@ def test_tiny_student_trains_on_the_filtered_set_with_prompts_masked(teacher_dat
     for e in train:  # every example: a masked prompt, then a trained answer
         n_prompt = e["labels"].index(next(x for x in e["labels"] if x != IGNORE_INDEX))
         assert n_prompt > 0 and all(x == IGNORE_INDEX for x in e["labels"][:n_prompt])
-        assert e["labels"][n_prompt:] == e["input_ids"][n_prompt:]
+        end = len(e["labels"]) - next(i for i, x in enumerate(reversed(e["labels"])) if x != IGNORE_INDEX)
+        assert e["labels"][n_prompt:end] == e["input_ids"][n_prompt:end]  # the answer through <|im_end|>...
+        assert all(x == IGNORE_INDEX for x in e["labels"][end:])  # ...and not the template's newline after it
 
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,

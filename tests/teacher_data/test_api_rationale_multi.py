@@ -150,7 +150,7 @@ def test_multitask_examples_carry_task_prefixes_masked_prompts_and_weights(multi
     by_prefix = {"[rationale]": 0, "[answer]": 0}
     for e in train:
         n_prompt = next(i for i, x in enumerate(e["labels"]) if x != IGNORE_INDEX)
-        prompt, target = tok.decode(e["input_ids"][:n_prompt]), tok.decode(e["labels"][n_prompt:])
+        prompt, target = tok.decode(e["input_ids"][:n_prompt]), tok.decode([x for x in e["labels"][n_prompt:] if x != IGNORE_INDEX])
         assert all(x == IGNORE_INDEX for x in e["labels"][:n_prompt])  # prefix and prompt masked
         prefix = "[rationale]" if "[rationale]" in prompt else "[answer]"
         assert prefix in prompt and prefix not in target

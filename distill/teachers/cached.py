@@ -156,6 +156,9 @@ class CachedTeacher(Teacher):
     """
 
     kind = TeacherKind.SPARSE
+    # Class defaults: the declared capabilities answer on an instance that has no cache yet.
+    write_with: Teacher | None = None
+    reader: CacheReader | None = None
 
     def __init__(self, path: str | None = None, source: str | None = None, mode: str | None = None,
                  k: int | None = None, renormalize: bool = True, verify: bool = False, max_steps: int | None = None,

@@ -8,7 +8,11 @@ One concept per module, in the order data flows through them:
 * :mod:`.fingerprint`: what the cache was written from (teacher, tokenizer, data);
 * :mod:`.writer`: :class:`CacheWriter` (resumable shards) and :func:`select_visited`;
 * :mod:`.teacher_pass`: :func:`cache_split`, one teacher forward feeding several writers;
-* :mod:`.reader`: :class:`CacheReader` / :class:`SplitReader`, random access by example index.
+* :mod:`.reader`: :class:`CacheReader` / :class:`SplitReader`, random access by example index;
+* :mod:`.key`: the folder's name, keyed by what decides the rows (teacher identity, tokenizer, data,
+  mode, k, max_steps), and finding the cache that serves a run;
+* :mod:`.write`: :func:`~.write.write_cache`, the one write path of the CLI and of a cached
+  teacher that writes on first use (``teacher=cached_auto``).
 
 ``distill-cache-logits`` (:mod:`distill.teachers.cache.cli`) writes a cache and ``teacher=cached``
 (:mod:`distill.teachers.cached`) trains from it.

@@ -38,6 +38,11 @@ class Need(str, Enum):
     #: logit-reading component does, the teacher runs without its head.
     STUDENT_LAST_HIDDEN = "student_last_hidden"
     TEACHER_LAST_HIDDEN = "teacher_last_hidden"
+    #: only the teacher's log-probability of each target token (:attr:`TeacherOutput.sampled_logprobs`):
+    #: what on-policy distillation reads, so a served or cross-tokenizer teacher can answer it
+    #: without a distribution (``distill.losses.opd.sampled_token_logprobs`` fills it from logits,
+    #: a head or a top-k support)
+    TEACHER_SAMPLED_LOGPROB = "teacher_sampled_logprob"
 
     def __str__(self) -> str:  # log lines and error messages show the plain name
         return self.value
@@ -55,7 +60,8 @@ class TeacherKind(str, Enum):
 
 
 #: The needs a teacher answers (the rest are the student's).
-TEACHER_NEEDS = frozenset({Need.TEACHER_LOGITS, Need.TEACHER_LAST_HIDDEN, Need.TEACHER_HIDDEN, Need.TEACHER_ATTN})
+TEACHER_NEEDS = frozenset({Need.TEACHER_LOGITS, Need.TEACHER_LAST_HIDDEN, Need.TEACHER_HIDDEN, Need.TEACHER_ATTN,
+                           Need.TEACHER_SAMPLED_LOGPROB})
 
 
 def _coerce(enum: type[Enum], values: Iterable, owner: str, what: str) -> frozenset:
@@ -118,6 +124,10 @@ class TeacherOutput:
         attentions: tuple of ``(B, H_t, L, L)`` per layer.
         last_hidden / lm_head_weight: ``(B, L, D_t)`` and ``(V, D_t)``: a full teacher given as its
             final hidden states and output head, so fused losses never materialise its logits.
+        sampled_logprobs: ``(B, L)`` the teacher's log-probability (at temperature 1) of the target
+            token at each position (``log p(targets[b, t] | prefix)``; anything finite where the
+            target is -100), or None. Asked for by :attr:`Need.TEACHER_SAMPLED_LOGPROB`; it does not
+            change :attr:`kind` (a teacher with only this field has no distribution to compare).
         positions, member_top1, member_picked: optional extras of cross-tokenizer and ensemble
             teachers (alignment mask; per-member argmax and selection, for their log lines).
     """
@@ -136,6 +146,7 @@ class TeacherOutput:
     #: ensemble teachers: ``{member: (B, L) top-1 ids}`` and ``{member: (B, L) bool}`` where it was selected
     member_top1: dict | None = None
     member_picked: dict | None = None
+    sampled_logprobs: torch.Tensor | None = None
 
     @property
     def kind(self) -> TeacherKind:

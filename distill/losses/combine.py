@@ -155,7 +155,8 @@ class DistillationLoss(nn.Module):
 
     def forward(self, student: StudentOutput, teacher: TeacherOutput, targets: torch.Tensor, step: int,
                 num_tokens: int | torch.Tensor | None = None,
-                measure_unweighted: bool = True) -> tuple[torch.Tensor, dict[str, float]]:
+                measure_unweighted: bool = True,
+                batch: Mapping | None = None) -> tuple[torch.Tensor, dict[str, float]]:
         """Combine the components for one micro-batch.
 
         Args:
@@ -168,6 +169,8 @@ class DistillationLoss(nn.Module):
                 log line only. The module passes False on steps the loggers do not record: such a
                 term (``loss=kd``'s CE) is a vocabulary-wide pass that would otherwise cost ~6% of a
                 small model's step for a number nobody sees.
+            batch: the micro-batch's fields, handed to the components as ``inputs.batch`` (the
+                on-policy loss reads ``old_logprobs``, ``reward`` and ``group`` there); None: none.
 
         Returns:
             ``(total, logs)``: ``total`` is this micro-batch's share of the step loss (sum the
@@ -186,8 +189,10 @@ class DistillationLoss(nn.Module):
         wdenom = denom if wdtype == torch.float32 else denom.to(wdtype)
         masked_teacher = MaskedTeacher(teacher, mask)
         cache = {"grad": torch.is_grad_enabled()}
+        batch = {} if batch is None else batch
         inputs = LossInputs(student=student, teacher=masked_teacher, targets=targets, mask=mask,
-                            temperature=temperature, step=step, token_weights=mask.to(wdtype) / wdenom, cache=cache)
+                            temperature=temperature, step=step, token_weights=mask.to(wdtype) / wdenom,
+                            batch=batch, cache=cache)
         total = torch.zeros((), dtype=torch.float32, device=targets.device)
         logs: dict[str, float] = {}
         tokens = None
@@ -199,7 +204,7 @@ class DistillationLoss(nn.Module):
             logs["tw_kept"] = (tokens > 0).sum() / denom
             weighted_inputs = LossInputs(student=student, teacher=masked_teacher, targets=targets, mask=mask,
                                          temperature=temperature, step=step, token_weights=tokens.to(wdtype) / wdenom,
-                                         cache=cache)
+                                         batch=batch, cache=cache)
         for name, comp in self.components.items():
             weight = self.weights[name](step)
             logs[f"w_{name}"] = weight
@@ -213,6 +218,8 @@ class DistillationLoss(nn.Module):
                     values = out.values * tokens if scaled else out.values
                     # torch.where (not multiply): the value at a masked position is dropped, not scaled
                     value = torch.where(mask, values, 0.0).sum() / denom
+                    for key, extra in (out.logs or {}).items():
+                        logs[f"{name}_{key}"] = torch.where(mask, extra.detach(), 0.0).sum() / denom
                 else:
                     value = out.value
             if weight != 0.0:

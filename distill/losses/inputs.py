@@ -15,7 +15,9 @@ what components share is computed once there:
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -25,9 +27,14 @@ from distill.types import StudentOutput, TeacherOutput
 
 @dataclass(frozen=True)
 class PerToken:
-    """``values (B, L)``: one value per position; the combiner masks, weights and normalises them."""
+    """``values (B, L)``: one value per position; the combiner masks, weights and normalises them.
+
+    ``logs``: optional diagnostics, name -> ``(B, L)``, reduced like the value (masked sum over
+    ``N_step``, never weighted or differentiated) and logged as ``<component>_<name>``.
+    """
 
     values: torch.Tensor
+    logs: Mapping[str, torch.Tensor] | None = None
 
 
 @dataclass(frozen=True)
@@ -92,7 +99,8 @@ class MaskedTeacher:
     def __getattr__(self, name: str):
         if name.startswith("_"):
             raise AttributeError(name)
-        if name in ("logits", "topk_logprobs", "topk_ids", "tail", "last_hidden", "hidden_states", "attentions"):
+        if name in ("logits", "topk_logprobs", "topk_ids", "tail", "last_hidden", "hidden_states", "attentions",
+                    "sampled_logprobs"):
             done = self._done
             if name not in done:
                 done[name] = self._masked(name)
@@ -114,6 +122,9 @@ class LossInputs:
         step: optimizer steps taken so far.
         token_weights: ``(B, L)`` float32, ``mask / N_step`` (times the token weighting for weighted
             components): what a :class:`Reduced` result is reduced with.
+        batch: the micro-batch's own fields, for components that read more than the models' outputs
+            (on-policy distillation reads ``old_logprobs``, ``reward``, ``group``); empty unless
+            the caller passes it to :class:`~distill.losses.combine.DistillationLoss`.
     """
 
     student: StudentOutput
@@ -123,6 +134,7 @@ class LossInputs:
     temperature: float = 1.0
     step: int = 0
     token_weights: torch.Tensor | None = None
+    batch: Mapping[str, Any] = field(default_factory=dict)
     #: shared between the LossInputs of one micro-batch (the token-weighted copy included)
     cache: dict = field(default_factory=dict, repr=False)
 

@@ -91,15 +91,16 @@ def teacher_bucket_log_probs(topk_logprobs: torch.Tensor, temperature: float = 1
             ``1 - sum exp(topk_logprobs)`` of float16-rounded values is not). None: derived.
 
     Returns:
-        ``(..., K + 1)`` (or ``(..., K)``) float32, normalised in log space, ``-inf`` clamped to
-        the float32 minimum so ``0 * log 0`` terms stay finite.
+        ``(..., K + 1)`` (or ``(..., K)``) in at least float32 (a float64 support stays float64, so
+        a float64 check of the buckets is not limited by float32 rounding), normalised in log
+        space, ``-inf`` clamped to the float32 minimum so ``0 * log 0`` terms stay finite.
     """
-    lp = topk_logprobs.float()
+    lp = LF.upcast(topk_logprobs)
     if with_tail:
         if tail is None:
             log_tail = _log1mexp(torch.logsumexp(lp, dim=-1, keepdim=True))
         else:
-            log_tail = torch.log(tail.float().clamp_min(0.0)).unsqueeze(-1)
+            log_tail = torch.log(LF.upcast(tail).to(lp.dtype).clamp_min(0.0)).unsqueeze(-1)
         lp = torch.cat([lp, log_tail], dim=-1)
     if temperature != 1.0:
         lp = lp / temperature
@@ -287,9 +288,9 @@ def sparse_forward_kl_kernel(s: torch.Tensor, teacher: tuple[torch.Tensor, ...],
         # ratio P_tail / Q_tail alone overflows when the student's tail underflows, while
         # log q_j - log Q_tail <= 0 keeps every term <= P_tail <= 1.
         grad.sub_(ls.sub_(lq_tail - lp_b[:, -1:]).exp_())  # right for every id outside the support ...
-        grad.scatter_(1, ids, lq_sup.exp() - p_sup)  # ... and overwritten on the support
+        grad.scatter_(1, ids, (lq_sup.exp() - p_sup).to(grad.dtype))  # ... and overwritten on the support
     else:
-        grad.scatter_add_(1, ids, -p_sup)
+        grad.scatter_add_(1, ids, -p_sup.to(grad.dtype))  # (a float64 support meets float32 logits)
     if temperature != 1.0:
         grad.div_(temperature)
     return value, grad

@@ -57,10 +57,14 @@ def load_app(model: str, dtype: str = "float32", device: str = "cpu", max_logpro
                     limits=limits, lock=lock)
     chat_model = None
     if chat:
-        tok = AutoTokenizer.from_pretrained(folder)
-        if getattr(tok, "chat_template", None):
+        try:
+            tok = AutoTokenizer.from_pretrained(folder)
+        except (OSError, ValueError) as e:  # a bare model folder (tests, scoring-only): serve scoring alone
+            log.warning("no tokenizer in %s (%s): only /v1/completions is served", folder, e)
+            tok = None
+        if tok is not None and getattr(tok, "chat_template", None):
             chat_model = ChatModel(hf, tok, name, device=device, lock=lock)
-        else:
+        elif tok is not None:
             log.warning("%s has no chat template: only /v1/completions is served", folder)
     return App(name=name, scorer=scorer, chat=chat_model, limits=limits)
 

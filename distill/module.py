@@ -160,7 +160,9 @@ class DistillationModule(L.LightningModule):
             student = self.student_forward(micro, needs)
             teacher = (self.teacher_forward(micro, self._teacher_needs) if self._teacher_needs
                        else TeacherOutput.none())
-            loss, parts = self.loss(student, teacher, targets[start:start + mbs], step, n_step, measure_unweighted)
+            # the micro-batch goes to the loss too: on-policy terms read its old_logprobs / reward / group
+            loss, parts = self.loss(student, teacher, targets[start:start + mbs], step, n_step, measure_unweighted,
+                                    batch=micro)
             if backward is not None:
                 # DDP averages gradients over ranks; undo it so the step loss is sum / global tokens.
                 # Only the last micro-batch all-reduces gradients; the others accumulate locally.

@@ -51,6 +51,7 @@ class HFTeacher(Teacher):
             raise ConfigError("teacher.pretrain needs teacher.model.config: the architecture to pretrain")
         self.model: torch.nn.Module | None = None
         self._plain_head = False
+        self.vocab_size: int | None = None  # the run's tokenizer size, set by prepare()
 
     def info(self) -> ModelInfo:
         return self.spec.info()
@@ -69,6 +70,9 @@ class HFTeacher(Teacher):
             f"{pretrain_key(self.spec, datamodule, self.pretrain)}"
 
     def prepare(self, datamodule) -> None:
+        tokenizer = getattr(datamodule, "tokenizer", None)
+        if tokenizer is not None:
+            self.vocab_size = len(tokenizer)
         if not self.pretrain:
             return
         from distill.teachers.pretrain import pretrain_teacher
@@ -99,6 +103,27 @@ class HFTeacher(Teacher):
                                "does it in configure_model)")
         return self.model
 
+    def _sampled_only(self, needs: frozenset[str]) -> bool:
+        """Whether the loss reads the sampled tokens' log-probs and no distribution (``loss=opd``)."""
+        return (Need.TEACHER_SAMPLED_LOGPROB in needs and self._plain_head
+                and not needs & {Need.TEACHER_LOGITS, Need.TEACHER_LAST_HIDDEN, Need.TEACHER_ATTN})
+
+    def _sampled(self, batch: dict, hidden: bool) -> TeacherOutput:
+        """Only ``log p(target)`` per position: the final hidden states times the head, a chunk of
+        positions at a time (:func:`~distill.losses.opd.sampled_token_logprobs`), so neither the
+        (B, L, V) logits nor their log-softmax are ever held whole."""
+        from distill.losses.functional import next_token_targets
+        from distill.losses.opd import sampled_token_logprobs
+
+        body, head = output_head(self.model)
+        out = body(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                   output_hidden_states=hidden, use_cache=False)
+        # normalised over the run's tokenizer ids, as the module trims full logits (padded head rows
+        # of a wider embedding are never a token)
+        view = TeacherOutput(last_hidden=out.last_hidden_state, lm_head_weight=head)
+        lp = sampled_token_logprobs(view, next_token_targets(batch["labels"]), vocab=self.vocab_size)
+        return TeacherOutput(sampled_logprobs=lp, hidden_states=out.hidden_states if hidden else None)
+
     def to(self, device: torch.device) -> "HFTeacher":
         if self.model is not None and self.spec.quantization is None:
             self.model.to(device)
@@ -107,6 +132,8 @@ class HFTeacher(Teacher):
     @torch.no_grad()
     def __call__(self, batch: dict, needs: frozenset[str]) -> TeacherOutput:
         hidden, attn = Need.TEACHER_HIDDEN in needs, Need.TEACHER_ATTN in needs
+        if self._sampled_only(needs):
+            return self._sampled(batch, hidden)
         if Need.TEACHER_LOGITS not in needs and not attn and (Need.TEACHER_LAST_HIDDEN not in needs or self._plain_head):
             # No component reads the logits (fused losses form them chunk by chunk from the final
             # hidden states and the head; hidden-state matching never needs them): skip the head,

@@ -47,7 +47,7 @@ import torch
 
 from distill.teachers.base import Teacher
 from distill.teachers.cached import renormalize
-from distill.types import ModelInfo, TeacherKind, TeacherOutput
+from distill.types import ModelInfo, Need, TeacherKind, TeacherOutput
 
 log = logging.getLogger(__name__)
 
@@ -164,9 +164,9 @@ class RemoteTeacher(Teacher):
             "up at teacher.url? Start one with `distill-serve-teacher --model <HF folder>` or `vllm serve <model> "
             f"--max-logprobs {self.k}`; raise teacher.timeout_s or teacher.retries for a slow one.")
 
-    def _rows(self, prompts: list[list[int]]) -> list[list]:
+    def _rows(self, prompts: list[list[int]], k: int | None = None) -> list[list]:
         body = {"model": self.model, "prompt": prompts, "max_tokens": 1, "temperature": 1.0,
-                "prompt_logprobs": self.k}
+                "prompt_logprobs": self.k if k is None else k}
         if self.vocab_size is not None:
             # distill-serve-teacher normalises over these first ids; vLLM ignores the field (it
             # logs it), its padded rows then count in the tail (and are dropped from the head).
@@ -187,16 +187,17 @@ class RemoteTeacher(Teacher):
         return out
 
     # ------------------------------------------------------------------ teacher signal
-    def fetch(self, prompts: list[list[int]]) -> list[list]:
-        """``prompt_logprobs`` of each prompt, in order (batched, ``concurrency`` requests at once)."""
+    def fetch(self, prompts: list[list[int]], k: int | None = None) -> list[list]:
+        """``prompt_logprobs`` of each prompt, in order (batched, ``concurrency`` requests at once);
+        ``k`` log-probs per position (default ``teacher.k``)."""
         if self.model is None:
             self.load()
         chunks = [prompts[i:i + self.batch_size] for i in range(0, len(prompts), self.batch_size)]
         if self.concurrency == 1 or len(chunks) == 1:
-            results = [self._rows(c) for c in chunks]
+            results = [self._rows(c, k) for c in chunks]
         else:
             with ThreadPoolExecutor(self.concurrency) as pool:
-                results = list(pool.map(self._rows, chunks))
+                results = list(pool.map(lambda c: self._rows(c, k), chunks))
         return [rows for chunk in results for rows in chunk]
 
     def _top(self, entry: dict) -> tuple[list[int], list[float]]:
@@ -213,7 +214,37 @@ class RemoteTeacher(Teacher):
                                      "lower teacher.k or raise the server's --max-logprobs")
         return [i for i, _, _ in items], [v for _, v, _ in items]
 
+    def sampled(self, batch: dict) -> TeacherOutput:
+        """Only the log-prob of each row's own next token (``loss=opd``): entry ``t + 1`` of the
+        row's ``prompt_logprobs`` always holds the prompt token itself (vLLM adds it, with its rank,
+        when it is outside the top K), so the request asks for the smallest head (1) and reads
+        that entry. Position ``t`` of ``sampled_logprobs`` is ``log p(input_ids[t + 1])``: the
+        next-token target wherever one applies (0 elsewhere)."""
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        out = torch.zeros(ids.shape, dtype=torch.float64)
+        lengths = mask.sum(-1).tolist()
+        prompts = [ids[i, : int(n)].tolist() for i, n in enumerate(lengths)]
+        rows_of = [i for i, p in enumerate(prompts) if p]
+        for i, rows in zip(rows_of, self.fetch([prompts[i] for i in rows_of], k=1)):
+            for t in range(len(rows) - 1):
+                entry = rows[t + 1] or {}
+                got = entry.get(str(prompts[i][t + 1]))
+                if got is None:
+                    raise RemoteTeacherError(
+                        f"teacher=remote: the server's prompt_logprobs of row {i}, token {t + 1} do not include the "
+                        "prompt token itself; sampled-token scoring needs vLLM's convention (the prompt token "
+                        "always listed, with its rank)")
+                out[i, t] = float(got["logprob"])
+        if "labels" in batch:
+            from distill.losses.functional import next_token_targets
+
+            out = out.masked_fill(next_token_targets(batch["labels"]).cpu() == -100, 0.0)
+        return TeacherOutput(sampled_logprobs=out.to(ids.device))
+
     def __call__(self, batch: dict, needs: frozenset[str]) -> TeacherOutput:
+        if Need.TEACHER_SAMPLED_LOGPROB in needs and Need.TEACHER_LOGITS not in needs:
+            # no full-distribution loss: the top-k head is not asked for at all
+            return self.sampled(batch)
         ids, mask = batch["input_ids"], batch["attention_mask"]
         b, length, k = ids.shape[0], ids.shape[1], self.k
         lengths = mask.sum(-1).tolist()

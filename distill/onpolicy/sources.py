@@ -44,6 +44,7 @@ from distill.config import ConfigError
 from distill.data.conventions import stop_token_ids
 from distill.losses.schedules import Schedule, as_schedule
 from distill.onpolicy.base import Sequences
+from distill.onpolicy.buffer import GenerationBuffer, behaviour_logprobs
 from distill.onpolicy.generation import Generated, Generator, HFGenerator, Sampling
 from distill.onpolicy.prompts import PromptSpec, Row, data_row, generated_row, left_pad, right_pad
 from distill.onpolicy.speculative import speculative_generate
@@ -72,12 +73,15 @@ class SequenceSource(Sequences):
         seed: the run's seed (``${seed}``); generation streams derive from it.
         generator: the :class:`Generator` of student and teacher continuations (default
             :class:`HFGenerator`; a vLLM engine would plug in here).
+        reuse: optimizer steps each generated batch trains (:mod:`distill.onpolicy.buffer`); its
+            reuses carry the student's log-probs at generation time (``old_logprobs``) for the
+            loss's importance ratio (``loss=opd``).
     """
 
     def __init__(self, lmbda: float | Schedule = 0.5, policy: str = "student", off_policy: str = "data",
                  mix: str = "examples", prompts: PromptSpec | Mapping | None = None,
                  sampling: Sampling | Mapping | None = None, top_k: int = 25, seed: int = 0,
-                 generator: Generator | None = None):
+                 generator: Generator | None = None, reuse: int = 1):
         if policy not in POLICIES:
             raise ConfigError(f"sequences.policy must be one of {POLICIES}, got {policy!r}")
         if off_policy not in OFF_POLICY:
@@ -96,6 +100,7 @@ class SequenceSource(Sequences):
         self.pad_id: int | None = None
         self._last_start: float | None = None
         self._last_generation_s = 0.0
+        self.buffer = GenerationBuffer(reuse)
 
     @staticmethod
     def _check_lmbda(value: float, step: int) -> None:
@@ -185,16 +190,39 @@ class SequenceSource(Sequences):
         start = time.perf_counter()
         logs: dict[str, float] = {"lmbda": float(self.lmbda(step))}
         if self._last_start is not None:
-            # the share of the previous step (this call ends its wall time) spent generating
-            logs["generation_share"] = self._last_generation_s / max(start - self._last_start, 1e-9)
+            # the previous step's wall time (this call ends it), and the share of it spent generating:
+            # generation (sampling, scoring the samples) against training (forward, backward, update)
+            step_s = max(start - self._last_start, 1e-9)
+            logs.update(step_s=step_s, generation_share=self._last_generation_s / step_s,
+                        train_s=max(step_s - self._last_generation_s, 0.0))
         self._last_start = start
+        reused = self.buffer.take()
+        if reused is not None:
+            # a stored generation trains once more (with its old_logprobs); this step's data batch is skipped
+            self._last_generation_s = time.perf_counter() - start
+            logs.update(generated_tokens=0.0, generation_s=self._last_generation_s, reused=1.0)
+            return reused, logs
+        new, gen_logs = self._write(batch, module, step, start)
+        logs.update(gen_logs)
+        if self.buffer.active:
+            t0 = time.perf_counter()
+            # the behaviour policy's log-probs, for the ratio on the reuses (not on this first use: exactly 1)
+            self.buffer.store(new, behaviour_logprobs(module, new))
+            logs["old_logprobs_s"] = time.perf_counter() - t0
+            logs["reused"] = 0.0
+        self._last_generation_s = time.perf_counter() - start
+        logs["generation_s"] = self._last_generation_s
+        return new, logs
+
+    def _write(self, batch: dict, module, step: int, start: float) -> tuple[dict, dict[str, float]]:
+        """The step's batch with its on-policy / teacher-written continuations, and their log values."""
+        logs: dict[str, float] = {}
         rank, _ = self._rank(module)
         size = batch["input_ids"].shape[0]
         on = self.choose(size, step, rank)
         off = [i for i in range(size) if i not in set(on)] if self.off_policy == "teacher" else []
         if not on and not off:
-            self._last_generation_s = 0.0
-            logs.update(generated_tokens=0.0, generation_s=0.0)
+            logs.update(generated_tokens=0.0)
             return batch, logs
         extra = sorted(set(batch) - BATCH_KEYS)
         if extra:
@@ -222,8 +250,7 @@ class SequenceSource(Sequences):
             if out.from_teacher is not None:
                 replaced += int(out.from_teacher.sum())
         new = right_pad([rows[i] if i in rows else data_row(batch, i) for i in range(size)], self.pad_id)
-        self._last_generation_s = time.perf_counter() - start
-        logs.update(generated_tokens=float(generated), generation_s=self._last_generation_s,
+        logs.update(generated_tokens=float(generated), sampling_s=time.perf_counter() - start,
                     on_policy=len(on) / size)
         if self.policy == "speculative" and on:
             logs["teacher_replaced"] = replaced / max(generated, 1)

@@ -130,6 +130,9 @@ class DistillationModule(L.LightningModule):
 
     def on_fit_start(self) -> None:
         self._move_teacher()
+        if self.sequences is not None and hasattr(self.sequences, "attach"):
+            # before the loaders are built: a reward reads each prompt's tests from the batches
+            self.sequences.attach(getattr(self.trainer, "datamodule", None))
 
     def on_validation_start(self) -> None:
         self._move_teacher()

@@ -20,6 +20,10 @@ class Sequences:
         """Take what the source needs from the run's tokenizer (EOS and padding ids)."""
         return self
 
+    def attach(self, datamodule) -> None:
+        """Add what the source reads from the data to the DataModule's batches (a
+        :class:`~distill.data.datamodule.BatchHook`); called at the start of fit, before the loaders."""
+
     def __call__(self, batch: dict, module, step: int) -> tuple[dict, dict[str, float]]:
         """The batch to train on at ``step`` and the log values of the step (``{}`` when none)."""
         raise NotImplementedError

@@ -43,7 +43,9 @@ def _task_records(benchmark, reference_continues_prompt: bool) -> list[PromptRec
         answer = None
         if t.reference:
             answer = _fenced(t.prompt + t.reference if reference_continues_prompt else t.reference)
-        meta = {"task_id": t.task_id, "tests": t.test, "entry_point": t.entry_point, "benchmark": benchmark.name}
+        # what distill-eval's program holds around an answer, so a reward runs exactly that program
+        meta = {"task_id": t.task_id, "tests": t.test, "entry_point": t.entry_point, "benchmark": benchmark.name,
+                "prompt": t.prompt, "call_check": t.call_check}
         if t.setup:
             meta["setup"] = t.setup
         out.append(PromptRecord(benchmark.chat_prompt(t), answer, meta))

@@ -42,6 +42,7 @@ import torch
 
 from distill.config import ConfigError
 from distill.data.conventions import stop_token_ids
+from distill.losses.functional import IGNORE_INDEX
 from distill.losses.schedules import Schedule, as_schedule
 from distill.onpolicy.base import Sequences
 from distill.onpolicy.buffer import GenerationBuffer, behaviour_logprobs
@@ -76,12 +77,19 @@ class SequenceSource(Sequences):
         reuse: optimizer steps each generated batch trains (:mod:`distill.onpolicy.buffer`); its
             reuses carry the student's log-probs at generation time (``old_logprobs``) for the
             loss's importance ratio (``loss=opd``).
+        samples_per_prompt: answers sampled per prompt (needs ``lmbda=1``): the batch grows to
+            ``B * n`` rows, one prompt's answers consecutive, with ``batch["group"]`` (the prompt's
+            row) for group-normalised rewards.
+        reward: a sequence-level reward of each row's answer, ``reward(answers, metas) -> (B,)``
+            (:class:`distill.onpolicy.rewards.CodeReward`: unit tests in the sandbox), put in
+            ``batch["reward"]``; None = none.
     """
 
     def __init__(self, lmbda: float | Schedule = 0.5, policy: str = "student", off_policy: str = "data",
                  mix: str = "examples", prompts: PromptSpec | Mapping | None = None,
                  sampling: Sampling | Mapping | None = None, top_k: int = 25, seed: int = 0,
-                 generator: Generator | None = None, reuse: int = 1):
+                 generator: Generator | None = None, reuse: int = 1, samples_per_prompt: int = 1,
+                 reward=None):
         if policy not in POLICIES:
             raise ConfigError(f"sequences.policy must be one of {POLICIES}, got {policy!r}")
         if off_policy not in OFF_POLICY:
@@ -101,6 +109,14 @@ class SequenceSource(Sequences):
         self._last_start: float | None = None
         self._last_generation_s = 0.0
         self.buffer = GenerationBuffer(reuse)
+        if int(samples_per_prompt) < 1:
+            raise ConfigError(f"sequences.samples_per_prompt must be >= 1, got {samples_per_prompt}")
+        self.samples_per_prompt = int(samples_per_prompt)
+        if self.samples_per_prompt > 1 and (self.lmbda(0) != 1.0 or off_policy != "data"):
+            raise ConfigError("sequences.samples_per_prompt > 1 samples every prompt several times, so every row is "
+                              "on-policy: set sequences.lmbda=1 (sequences=student) and off_policy=data")
+        self.reward = reward
+        self.tokenizer = None
 
     @staticmethod
     def _check_lmbda(value: float, step: int) -> None:
@@ -131,9 +147,18 @@ class SequenceSource(Sequences):
 
     def connect(self, tokenizer) -> "SequenceSource":
         """Take the stop and padding ids from the run's tokenizer (its end of turn, then its EOS)."""
+        self.tokenizer = tokenizer  # decodes the answers a reward scores
         self.stop_ids = stop_token_ids(tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         return self
+
+    def attach(self, datamodule) -> None:
+        """Have the DataModule hand each batch its prompts' ``meta`` when the reward reads it."""
+        if getattr(self.reward, "needs_meta", False) and datamodule is not None:
+            from distill.onpolicy.rewards import MetaHook
+
+            if not any(isinstance(h, MetaHook) for h in datamodule.hooks):
+                datamodule.add_hook(MetaHook())
 
     def _connect_from(self, module) -> None:
         if self.pad_id is not None:
@@ -196,14 +221,28 @@ class SequenceSource(Sequences):
             logs.update(step_s=step_s, generation_share=self._last_generation_s / step_s,
                         train_s=max(step_s - self._last_generation_s, 0.0))
         self._last_start = start
+        batch = dict(batch)
+        meta = batch.pop("meta", None)  # the prompts' fields (MetaHook), for the reward only
         reused = self.buffer.take()
         if reused is not None:
             # a stored generation trains once more (with its old_logprobs); this step's data batch is skipped
             self._last_generation_s = time.perf_counter() - start
             logs.update(generated_tokens=0.0, generation_s=self._last_generation_s, reused=1.0)
             return reused, logs
+        n = self.samples_per_prompt
+        if n > 1:
+            # each prompt n times, consecutively: one generate() call samples them all, a group per prompt
+            batch = {k: v.repeat_interleave(n, 0) for k, v in batch.items()}
+            meta = None if meta is None else [m for m in meta for _ in range(n)]
         new, gen_logs = self._write(batch, module, step, start)
         logs.update(gen_logs)
+        if n > 1:
+            new["group"] = torch.arange(new["input_ids"].shape[0] // n, device=new["input_ids"].device
+                                        ).repeat_interleave(n)
+        if self.reward is not None:
+            t0 = time.perf_counter()
+            new["reward"] = self._score(new, meta, module).to(new["input_ids"].device)
+            logs.update(reward_s=time.perf_counter() - t0, reward_mean=float(new["reward"].mean()))
         if self.buffer.active:
             t0 = time.perf_counter()
             # the behaviour policy's log-probs, for the ratio on the reuses (not on this first use: exactly 1)
@@ -213,6 +252,22 @@ class SequenceSource(Sequences):
         self._last_generation_s = time.perf_counter() - start
         logs["generation_s"] = self._last_generation_s
         return new, logs
+
+    def answers(self, batch: dict) -> list[str]:
+        """Each row's answer as text: its loss-carrying tokens (the continuation), special tokens dropped."""
+        out = []
+        for ids, labels in zip(batch["input_ids"], batch["labels"]):
+            out.append(self.tokenizer.decode(ids[labels != IGNORE_INDEX].tolist(), skip_special_tokens=True))
+        return out
+
+    def _score(self, batch: dict, meta: list | None, module) -> torch.Tensor:
+        if meta is None and getattr(self.reward, "needs_meta", False):
+            raise RuntimeError("sequences.reward needs each prompt's meta (its tests), but the batch has none: train "
+                               "on chat prompts (+prompts=mbpp|humaneval|api) through distill-train, or call "
+                               "source.attach(datamodule) before the DataModule builds its loaders")
+        if self.tokenizer is None:
+            self._connect_from(module)
+        return self.reward(self.answers(batch), meta).float()
 
     def _write(self, batch: dict, module, step: int, start: float) -> tuple[dict, dict[str, float]]:
         """The step's batch with its on-policy / teacher-written continuations, and their log values."""

@@ -57,7 +57,7 @@ def check_vocab(student_tok, teacher: Teacher, loss: DistillationLoss) -> int | 
         return len(student_tok)
     size = len(student_tok)
     if teacher.tokenizer and teacher.tokenizer != getattr(student_tok, "name_or_path", None):
-        teacher_tok = load_tokenizer(teacher.tokenizer)
+        teacher_tok = load_tokenizer(teacher.tokenizer, key="teacher.model.tokenizer / teacher.model.name_or_path")
         if not same_vocabulary(teacher_tok, student_tok):
             if not logit_users and not teacher.aligns_tokenizers:
                 raise ConfigError(
@@ -65,13 +65,20 @@ def check_vocab(student_tok, teacher: Teacher, loss: DistillationLoss) -> int | 
                     "and this teacher reads the student's token ids as its own. A cross-tokenizer loss (ULD) needs "
                     "the teacher to tokenize the text itself: use teacher=cross_tokenizer.")
             if logit_users:
+                # The recipe that works for the common case (a fresh small student next to a real
+                # teacher) comes first, with the values filled in: the user can paste it.
+                info = teacher.info()
+                rows = info.vocab_size if info is not None else len(teacher_tok)
                 raise ConfigError(
                     f"teacher tokenizer {teacher.tokenizer!r} ({len(teacher_tok)} tokens) differs from the student's "
                     f"{student_tok.name_or_path!r} ({len(student_tok)} tokens): the loss components {logit_users} "
-                    "compare next-token distributions id by id and need one shared vocabulary. Pick a "
-                    "teacher/student pair from one model family; or distil across tokenizers with ULD "
-                    "(loss=uld); or use loss=ce / hidden-state matching only. If the two really are the same "
-                    "tokenizer, say so with teacher.model.tokenizer=<the student's tokenizer>.")
+                    "compare next-token distributions id by id and need one shared vocabulary. "
+                    "A fresh student built from a config (the default student, student=tiny...) takes the "
+                    f"teacher's tokenizer with: student.tokenizer={teacher.tokenizer} "
+                    f"student.config.vocab_size={rows}. Or cut the student out of the teacher: student=pruned. "
+                    "Otherwise pick a teacher/student pair from one model family; or distil across tokenizers "
+                    "with ULD (loss=uld); or use loss=ce / hidden-state matching only. If the two really are the "
+                    "same tokenizer, say so with teacher.model.tokenizer=<the student's tokenizer>.")
             return None
     info = teacher.info()
     if info is not None and info.vocab_size < size:
@@ -106,4 +113,5 @@ def check_student_tokenizer(tokenizer, student: ModelSpec) -> None:
     rows = student.info().vocab_size
     if len(tokenizer) > rows:
         raise ConfigError(f"student tokenizer has {len(tokenizer)} ids but the student model only "
-                          f"{rows} output rows; student.config.vocab_size must be >= {len(tokenizer)}")
+                          f"{rows} output rows; student.config.vocab_size must be >= {len(tokenizer)} "
+                          f"(student.config.vocab_size={len(tokenizer)} for a student built from a config)")

@@ -12,11 +12,27 @@ from pathlib import Path
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
+from distill.config import ConfigError
 from distill.data.vocab import same_vocabulary, tokenizer_fingerprint  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 
 SPECIAL_TOKENS = {"bos_token": "<|bos|>", "eos_token": "<|eos|>", "pad_token": "<|pad|>", "unk_token": "<|unk|>"}
+
+# Any one of these makes a folder a tokenizer folder for AutoTokenizer (fast json, sentencepiece,
+# GPT-2 / BERT vocabularies, tiktoken, Mistral's tekken).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "spiece.model", "vocab.json",
+                   "vocab.txt", "merges.txt", "tekken.json", "sentencepiece.bpe.model")
+STUDENT_KEY = "student.tokenizer / student.name_or_path"
+
+
+class TokenizerNotFound(ConfigError, FileNotFoundError):
+    """A tokenizer folder or hub id that does not load: a :class:`ConfigError` (the apps print it
+    without a traceback, rc 2) that is also a ``FileNotFoundError`` for callers that catch that."""
+
+
+def has_tokenizer_files(folder: Path) -> bool:
+    return any((folder / name).is_file() for name in TOKENIZER_FILES) or any(folder.glob("*.tiktoken"))
 
 
 def train_bpe_tokenizer(texts: list[str], vocab_size: int, out_dir: str | Path) -> PreTrainedTokenizerFast:
@@ -85,7 +101,8 @@ def trained_tokenizer_path(build: dict, source=None) -> Path:
     return Path(build["dir"]) / f"bpe-{int(build.get('vocab_size', 2048))}-{build_key(build, source)}"
 
 
-def load_tokenizer(name_or_path: str | None, build: dict | None = None, source=None) -> PreTrainedTokenizerBase:
+def load_tokenizer(name_or_path: str | None, build: dict | None = None, source=None,
+                   key: str = STUDENT_KEY) -> PreTrainedTokenizerBase:
     """Load a tokenizer; with ``build`` and no such folder yet, train it first.
 
     Args:
@@ -96,6 +113,10 @@ def load_tokenizer(name_or_path: str | None, build: dict | None = None, source=N
             models). ``corpus: data`` trains on the first ``max_chars`` characters of the run's
             training split, so the tokenizer follows the run's data.
         source: the run's data source (for ``corpus: data``).
+        key: the config key(s) an error names (the teacher's checks pass their own).
+
+    Raises:
+        TokenizerNotFound: a folder without tokenizer files, or one that does not load (a ConfigError).
     """
     if build and name_or_path is None:
         name_or_path = str(trained_tokenizer_path(build, source))
@@ -109,12 +130,22 @@ def load_tokenizer(name_or_path: str | None, build: dict | None = None, source=N
                              "tokenizer on (student.tokenizer_build). Point the data source at files with text.")
         Path(name_or_path).parent.mkdir(parents=True, exist_ok=True)
         return train_bpe_tokenizer(texts, int(build.get("vocab_size", 2048)), name_or_path)
+    folder = Path(name_or_path)
+    if folder.is_dir() and not has_tokenizer_files(folder):
+        # Checked before transformers tries: it would fall back to the config's tokenizer class and
+        # fail with "install sentencepiece or tiktoken", which sends the user after the wrong fix.
+        raise TokenizerNotFound(
+            f"{key}: the folder {str(folder)!r} has no tokenizer files (none of {', '.join(TOKENIZER_FILES[:5])}, "
+            "...). A folder written by model.save_pretrained alone holds the weights only: save the tokenizer "
+            "beside them (tokenizer.save_pretrained(folder)), or point the tokenizer key at a folder that has one "
+            "(for a student cut from a teacher, the teacher's folder).")
     try:
         tok = AutoTokenizer.from_pretrained(name_or_path)
     except (OSError, ValueError) as e:
-        raise FileNotFoundError(f"tokenizer {name_or_path!r} could not be loaded: not a local folder with a "
-                                f"tokenizer and not reachable on the hub ({e.__class__.__name__}). Fix "
-                                "student.tokenizer / student.name_or_path.") from e
+        where = "a local folder whose tokenizer files do not load" if folder.is_dir() else \
+            "not a local folder and not reachable on the hub"
+        raise TokenizerNotFound(f"{key}: tokenizer {name_or_path!r} could not be loaded: {where} "
+                                f"({e.__class__.__name__}: {str(e).strip().splitlines()[0][:200]}).") from e
     if tok.pad_token is None:
         # Causal LMs often ship without a pad token; padding positions are masked anyway.
         tok.pad_token = tok.eos_token

@@ -16,7 +16,7 @@ Protocol on stdin/stdout: frames of an 8-byte big-endian length followed by UTF-
 first writes a hello frame describing which isolation layers it could set up, then answers every
 request frame with one result frame. See ``docs/evaluation.md``.
 
-Why one file of 700+ lines: it runs as a script that may import only the standard library, so it
+Why it stays whole at 700+ lines: it runs as a script that may import only the standard library, so it
 cannot share helpers with the rest of the package; splitting it would put more files on the
 samples' side of the trust boundary for no gain in reading.
 """

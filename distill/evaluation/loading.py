@@ -74,7 +74,7 @@ def load_hf_model(spec: "LocalModel", work_dir: Path | None = None):
     kind = spec.kind
     device = _pick_device(spec.device_name)
     dtype = _pick_dtype(spec.dtype, device)
-    path = spec.path
+    path = getattr(spec, "weights_path", None) or spec.path  # a .gguf path: its converted folder
     if kind == "checkpoint":
         path = resolve_checkpoint(spec, Path(work_dir or "."))
     adapter = spec.adapter

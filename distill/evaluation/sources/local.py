@@ -40,8 +40,12 @@ class LocalModel(CompletionSource):
                  checkpoint: str | None = None, tokenizer: str | None = None,
                  dtype: str = "auto", device: str = "auto", chat: Any = "auto",
                  trust_remote_code: bool = False, merge_lora: bool = True,
-                 name: str | None = None, role: Role = "model"):
+                 name: str | None = None, role: Role = "model", installed: dict | None = None):
         super().__init__(name, role)
+        if path is None and installed:  # a GGUF shipped in an installed package (the real-model presets)
+            from distill.gguf_import import installed_gguf
+
+            path = installed_gguf(**installed)
         if not (path or adapter or checkpoint):
             raise ConfigError("set one of path, adapter or checkpoint (the weights to evaluate), "
                               "e.g. model.path=<HF folder or hub id>, or pick another "
@@ -50,6 +54,7 @@ class LocalModel(CompletionSource):
         self.tokenizer_path, self.dtype, self.device_name = tokenizer, dtype, device
         self.chat, self.trust_remote_code, self.merge_lora = chat, bool(trust_remote_code), merge_lora
         self.generator: HFSource | None = None
+        self.weights_path = path  # what from_pretrained reads: path, or its converted folder for a .gguf
 
     @property
     def kind(self) -> str:  # which weights: recorded in summaries and shown in reports
@@ -72,6 +77,10 @@ class LocalModel(CompletionSource):
     def open(self, benchmark=None, work_dir: Path | None = None) -> None:
         if self.generator is None:
             from distill.evaluation.loading import load_hf_model
+            from distill.gguf_import import converted_folder, is_gguf
+
+            if is_gguf(self.path):  # converted once into a keyed HF folder (settings keep the file's path)
+                self.weights_path = str(converted_folder(self.path, "model.path"))
 
             model, tokenizer, device = load_hf_model(self, work_dir)
             self.generator = HFSource(model, tokenizer, device, self.chat)

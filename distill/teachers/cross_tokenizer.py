@@ -1,33 +1,41 @@
 """``teacher=cross_tokenizer``: an online teacher with its **own** tokenizer, aligned to the student's.
 
-Cross-tokenizer distillation (ULD, Boizard et al., 2024; TRL's GOLD) needs, for every student
-position, the teacher's next-token distribution after *the same text*. The two tokenizers cut the
-text at different places, so the positions are matched by character (byte) spans, as GOLD does:
+The student's token ids are turned back into their bytes and the text is re-encoded with the
+teacher's tokenizer, batch by batch, in :meth:`CrossTokenizerTeacher.__call__`: so the teacher
+scores whatever the batch holds, the data's text or sequences the student sampled during
+training (on-policy). Two losses read it, each through its own alignment:
 
-1. each student example's token ids are turned back into their bytes and the text is re-encoded
-   with the teacher's tokenizer (:class:`SpanAlignment`, a
-   :class:`~distill.data.datamodule.BatchHook` the teacher adds in :meth:`prepare` through the
-   DataModule's public seam);
-2. student position ``i`` (whose prefix ends at byte ``e_i``) is paired with the teacher position
-   whose prefix ends at the same byte, when the teacher has a token boundary there; positions
-   without one have no teacher row (``TeacherOutput.positions`` False, so ULD skips them);
-3. each batch carries ``teacher_input_ids``, ``teacher_attention_mask`` and ``teacher_align``
-   (``(B, L_s)``: the teacher position of each student position, or -1); :meth:`__call__` runs the
-   teacher on its own ids and gathers its logits to ``(B, L_s, V_t)``.
-
-Choice where GOLD goes further: GOLD also merges the probabilities of the tokens inside spans
-whose boundaries differ; here such positions are left out (for two byte-level BPEs trained on the
-same corpus most boundaries coincide). The share of aligned positions is logged each step as
-``train/aligned``.
-
+**Distributions (ULD).** Cross-tokenizer distillation (ULD, Boizard et al., 2024; TRL's GOLD)
+needs, for every student position, the teacher's next-token distribution after *the same text*.
+Student position ``i`` (whose prefix ends at byte ``e_i``) is paired with the teacher position
+whose prefix ends at the same byte, when the teacher has a token boundary there (:func:`align`);
+positions without one have no teacher row (``TeacherOutput.positions`` False, so ULD skips them).
+The teacher runs on its own ids and its logits are gathered to ``(B, L_s, V_t)``. Choice where
+GOLD goes further: GOLD also merges the probabilities of the tokens inside spans whose boundaries
+differ; here such positions are left out (for two byte-level BPEs trained on the same corpus most
+boundaries coincide). The share of aligned positions is logged each step as ``train/aligned``.
 Only losses that need no shared vocabulary can read these logits (``loss=uld``); the vocabulary
 check of :mod:`distill.validate` refuses the others with that fix in the message.
+
+**Sampled log-probs (OPD).** ``loss=opd`` asks only ``Need.TEACHER_SAMPLED_LOGPROB``: the
+teacher's log-prob of each token the student wrote. Each row's text is scored in the teacher's
+tokens and the per-token log-probs are mapped onto the student's tokens by byte spans with
+:func:`distill.data.byte_spans.span_logprobs` (a teacher token is counted, whole, at the student
+token in which it ends; a character split into byte pieces ends at its last byte; see that
+module). So the sum over a row's student tokens is the teacher's log-likelihood of the row's
+text, and the value at a student token depends only on bytes written by then. Bytes that are not
+valid UTF-8 (a student may sample half a character) reach the teacher as U+FFFD, each invalid byte
+one character, still attributed by their position in the student's bytes (:func:`decode_bytes`).
+The teacher's first token has no context and gets 0 unless its tokenizer starts every text with a
+BOS token (then the BOS is prepended and every text token is scored).
 """
 
 from __future__ import annotations
 
 import logging
+from bisect import bisect_left
 from functools import lru_cache
+from itertools import accumulate
 
 import torch
 
@@ -35,9 +43,6 @@ from distill.types import ModelInfo, Need, TeacherKind, TeacherOutput
 from distill.teachers.base import Teacher
 
 log = logging.getLogger(__name__)
-
-BATCH_KEYS = ("teacher_input_ids", "teacher_attention_mask", "teacher_align")
-
 
 @lru_cache(maxsize=1)
 def _byte_decoder() -> dict[str, int]:
@@ -118,35 +123,86 @@ def align(student_tok, teacher_tok, student_ids: list[int]) -> tuple[list[int], 
     return teacher_ids, alignment
 
 
-class SpanAlignment:
-    """The :class:`~distill.data.datamodule.BatchHook` that adds the teacher's ids and the alignment."""
+def decode_bytes(data: bytes) -> tuple[str, list[int]]:
+    """``data`` as text (each byte that is not part of a valid UTF-8 character becomes U+FFFD) and,
+    per character, the offset in ``data`` where it ends."""
+    try:
+        text = data.decode("utf-8")
+        return text, list(accumulate(len(ch.encode("utf-8")) for ch in text))
+    except UnicodeDecodeError:
+        pass
+    chars, ends, pos = [], [], 0
+    while pos < len(data):
+        lead = data[pos]
+        width = 1 if lead < 0x80 else 2 if 0xC2 <= lead <= 0xDF else 3 if 0xE0 <= lead <= 0xEF else \
+            4 if 0xF0 <= lead <= 0xF4 else 0
+        try:
+            ch = data[pos:pos + width].decode("utf-8") if width else None
+        except UnicodeDecodeError:
+            ch = None
+        if ch is None or len(ch) != 1:
+            ch, width = "\ufffd", 1
+        chars.append(ch)
+        pos += width
+        ends.append(pos)
+    return "".join(chars), ends
 
-    def __init__(self, student_tok, teacher_tok):
-        self.student_tok, self.teacher_tok = student_tok, teacher_tok
-        self.pad_id = teacher_tok.pad_token_id if teacher_tok.pad_token_id is not None else 0
 
-    def example(self, split: str, index: int, example: dict) -> dict:
-        ids, alignment = align(self.student_tok, self.teacher_tok, list(example["input_ids"]))
-        out = dict(example)  # the DataModule's own example stays as it is
-        out["teacher_input_ids"], out["teacher_align"] = ids, alignment
-        return out
+def span_offsets(student_tok, teacher_tok, student_ids: list[int], bos_id: int | None = None
+                 ) -> tuple[list[int], list[tuple[int, int]], list[tuple[int, int]]]:
+    """The teacher's ids for the text of ``student_ids`` and both sides' byte spans over the
+    student's bytes, as :func:`distill.data.byte_spans.span_logprobs` reads them.
 
-    def batch(self, examples: list[dict], batch: dict) -> dict:
-        if not examples or "teacher_input_ids" not in examples[0]:
-            return batch
-        n, length = len(examples), batch["input_ids"].shape[1]
-        t_len = max(len(e["teacher_input_ids"]) for e in examples)
-        ids = torch.full((n, t_len), self.pad_id, dtype=torch.long)
-        attn = torch.zeros((n, t_len), dtype=torch.long)
-        alignment = torch.full((n, length), -1, dtype=torch.long)
-        for i, e in enumerate(examples):
-            k = len(e["teacher_input_ids"])
-            ids[i, :k] = torch.as_tensor(e["teacher_input_ids"])
-            attn[i, :k] = 1
-            alignment[i, : len(e["teacher_align"])] = torch.as_tensor(e["teacher_align"])
-        out = dict(batch)
-        out.update(teacher_input_ids=ids, teacher_attention_mask=attn, teacher_align=alignment)
-        return out
+    Returns:
+        ``(teacher_ids, student_offsets, teacher_offsets)``: ``len(student_offsets) ==
+        len(student_ids)``; ``teacher_offsets`` has one span per teacher id (``bos_id``, when given,
+        first with the empty span ``(0, 0)``).
+    """
+    pieces = token_bytes(student_tok, student_ids)
+    text, char_ends = decode_bytes(b"".join(pieces))
+
+    def char_byte(c: int) -> int:  # the byte where the text's first c characters end
+        return char_ends[c - 1] if c > 0 else 0
+
+    s_offsets, start = [], 0
+    for end in accumulate(len(p) for p in pieces):
+        # a piece of a split character ends where the character does (the byte_spans rule)
+        end = char_ends[bisect_left(char_ends, end)] if end > 0 else 0
+        s_offsets.append((start, end))
+        start = end
+    enc = teacher_tok(text, return_offsets_mapping=True, add_special_tokens=False) if text else \
+        {"input_ids": [], "offset_mapping": []}
+    t_ids = list(enc["input_ids"])
+    t_offsets = [(char_byte(a), char_byte(b)) for a, b in enc["offset_mapping"]]
+    if bos_id is not None:
+        t_ids, t_offsets = [bos_id] + t_ids, [(0, 0)] + t_offsets
+    return t_ids, s_offsets, t_offsets
+
+
+def aligned_batch(student_tok, teacher_tok, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                  pad_id: int) -> dict[str, torch.Tensor]:
+    """``teacher_input_ids`` / ``teacher_attention_mask`` (right-padded) and ``teacher_align``
+    ``(B, L_s)`` (the teacher position of each student position, or -1) for a batch (:func:`align`
+    on each row's tokens under its attention mask)."""
+    rows, positions = [], []
+    for ids, mask in zip(input_ids.tolist(), attention_mask.tolist()):
+        pos = [i for i, m in enumerate(mask) if m]
+        t_ids, alignment = align(student_tok, teacher_tok, [ids[i] for i in pos]) if pos else ([pad_id], [])
+        rows.append((t_ids, alignment))
+        positions.append(pos)
+    n, length = input_ids.shape
+    t_len = max(len(t) for t, _ in rows)
+    ids = torch.full((n, t_len), pad_id, dtype=torch.long)
+    attn = torch.zeros((n, t_len), dtype=torch.long)
+    alignment = torch.full((n, length), -1, dtype=torch.long)
+    for b, ((t_ids, a), pos) in enumerate(zip(rows, positions)):
+        ids[b, :len(t_ids)] = torch.as_tensor(t_ids)
+        attn[b, :len(t_ids)] = 1
+        if pos:
+            alignment[b, pos] = torch.as_tensor(a)
+    device = input_ids.device
+    return {"teacher_input_ids": ids.to(device), "teacher_attention_mask": attn.to(device),
+            "teacher_align": alignment.to(device)}
 
 
 class CrossTokenizerTeacher(Teacher):
@@ -178,7 +234,7 @@ class CrossTokenizerTeacher(Teacher):
         self.teacher = teacher
         self._tokenizer_name, self._build = tokenizer, dict(tokenizer_build) if tokenizer_build else None
         self._tok = None
-        self.hook: SpanAlignment | None = None
+        self.student_tok = None  # the run's tokenizer, from prepare()
 
     def _teacher_tokenizer(self):
         if self._tok is None:
@@ -195,13 +251,8 @@ class CrossTokenizerTeacher(Teacher):
         """The wrapped teacher's model (its config is what the attention-kernel check reads)."""
         return self.teacher.spec
 
-    def scoring_limit(self) -> str | None:
-        return ("teacher=cross_tokenizer aligns the two tokenizations of each dataset example when the DataModule "
-                "builds the batch, so it cannot score sequences generated during training. Use a teacher with the "
-                "student's tokenizer (teacher=hf ...), or sequences=data.")
-
     def covers(self, batch: dict) -> bool:
-        return "teacher_input_ids" in batch
+        return True  # it re-tokenizes any batch itself
 
     def heldout_output(self, batch: dict) -> TeacherOutput:
         # another vocabulary (ULD across tokenizers): teacher CE, agreement and KL are not per-token
@@ -213,6 +264,11 @@ class CrossTokenizerTeacher(Teacher):
         """The teacher's tokenizer folder (trained now if ``tokenizer_build`` describes it)."""
         return str(self._teacher_tokenizer().name_or_path)
 
+    def connect(self, student_tokenizer) -> "CrossTokenizerTeacher":
+        """Read batches as ``student_tokenizer``'s ids (:meth:`prepare` takes the run's)."""
+        self.student_tok = student_tokenizer
+        return self
+
     def prepare(self, datamodule) -> None:
         teacher_tok = self._teacher_tokenizer()
         spec = self.teacher.spec
@@ -222,8 +278,7 @@ class CrossTokenizerTeacher(Teacher):
         if info is not None and info.vocab_size < len(teacher_tok):
             raise ValueError(f"teacher.teacher has {info.vocab_size} output rows but its tokenizer "
                              f"{teacher_tok.name_or_path!r} has {len(teacher_tok)} ids; they must belong together")
-        self.hook = SpanAlignment(datamodule.tokenizer, teacher_tok)
-        datamodule.add_hook(self.hook)
+        self.connect(datamodule.tokenizer)
         self.teacher.prepare(datamodule)
 
     def load(self, attn_implementation: str | None = None) -> None:
@@ -233,33 +288,103 @@ class CrossTokenizerTeacher(Teacher):
         self.teacher.to(device)
         return self
 
+    @property
+    def _pad_id(self) -> int:
+        tok = self._teacher_tokenizer()
+        return tok.pad_token_id if tok.pad_token_id is not None else 0
+
+    @property
+    def bos_id(self) -> int | None:
+        """The BOS id the teacher's tokenizer starts every text with, or None (it adds none)."""
+        tok = self._teacher_tokenizer()
+        if not hasattr(self, "_bos"):
+            probe = tok("a")["input_ids"]  # the tokenizer's own convention, special tokens included
+            self._bos = tok.bos_token_id if tok.bos_token_id is not None and probe[:1] == [tok.bos_token_id] else None
+        return self._bos
+
     @torch.no_grad()
     def __call__(self, batch: dict, needs: frozenset[str]) -> TeacherOutput:
-        if "teacher_input_ids" not in batch:
-            raise RuntimeError("teacher=cross_tokenizer: the batch has no teacher_input_ids; prepare(datamodule) adds "
-                               "the alignment hook and must run before training (distill.build does this)")
+        if self.student_tok is None:
+            raise RuntimeError("teacher=cross_tokenizer: no student tokenizer to read the batch with; prepare(datamodule) "
+                               "(distill.build does it) or connect(tokenizer) must run before training")
         if Need.TEACHER_HIDDEN in needs or Need.TEACHER_ATTN in needs:
             raise ValueError("teacher=cross_tokenizer: hidden-state and attention matching compare positions one to "
-                             "one, which differ across tokenizers; use loss=uld")
-        out = self.teacher({"input_ids": batch["teacher_input_ids"], "attention_mask": batch["teacher_attention_mask"]},
+                             "one, which differ across tokenizers; use loss=uld or loss=opd")
+        result = TeacherOutput()
+        if needs & {Need.TEACHER_LOGITS, Need.TEACHER_LAST_HIDDEN}:
+            result = self._aligned_logits(batch)
+        if Need.TEACHER_SAMPLED_LOGPROB in needs:
+            result.sampled_logprobs = self.sampled_logprobs(batch)
+        return result
+
+    def _aligned_logits(self, batch: dict) -> TeacherOutput:
+        fields = aligned_batch(self.student_tok, self._teacher_tokenizer(), batch["input_ids"],
+                               batch["attention_mask"], self._pad_id)
+        out = self.teacher({"input_ids": fields["teacher_input_ids"], "attention_mask": fields["teacher_attention_mask"]},
                            frozenset({Need.TEACHER_LOGITS}))
-        alignment = batch["teacher_align"]
-        logits = out.logits
+        alignment, logits = fields["teacher_align"], out.logits
         rows = logits.gather(1, alignment.clamp_min(0).unsqueeze(-1).expand(-1, -1, logits.shape[-1]))
         result = TeacherOutput(logits=rows)
         result.positions = alignment >= 0
         return result
 
+    def span_scores(self, rows: list[list[int]], device: torch.device | None = None) -> list[torch.Tensor]:
+        """For each row of student ids, the teacher's log-prob of each student token's byte span,
+        ``(S,)`` float64 (:func:`span_offsets` + one batched teacher pass +
+        :func:`~distill.data.byte_spans.span_logprobs`); each row sums to the teacher's
+        log-likelihood of its text."""
+        from distill.data.byte_spans import span_logprobs
+        from distill.losses.functional import IGNORE_INDEX, next_token_targets
+        from distill.losses.opd import sampled_token_logprobs
 
-def alignment_rate(datamodule, split: str = "train", limit: int = 64) -> float:
-    """Share of student positions with an aligned teacher position over the first ``limit`` examples."""
-    hook = next((h for h in datamodule.hooks if isinstance(h, SpanAlignment)), None)
-    if hook is None:
-        raise ValueError("no SpanAlignment hook on this DataModule (prepare a CrossTokenizerTeacher first)")
-    examples = datamodule.examples(split)[:limit]
+        tok = self._teacher_tokenizer()
+        aligned = [span_offsets(self.student_tok, tok, ids, self.bos_id) for ids in rows]
+        t_len = max([len(t) for t, _, _ in aligned] + [1])
+        n = len(rows)
+        ids = torch.full((n, t_len), self._pad_id, dtype=torch.long)
+        labels = torch.full((n, t_len), IGNORE_INDEX, dtype=torch.long)
+        attn = torch.zeros((n, t_len), dtype=torch.long)
+        for b, (t_ids, _, _) in enumerate(aligned):
+            ids[b, :len(t_ids)] = labels[b, :len(t_ids)] = torch.as_tensor(t_ids, dtype=torch.long)
+            attn[b, :len(t_ids)] = 1
+        ids, labels, attn = (x.to(device) if device is not None else x for x in (ids, labels, attn))
+        # the head over the last hidden states where the teacher allows it (no (B, L, V) logits held)
+        out = self.teacher({"input_ids": ids, "attention_mask": attn, "labels": labels},
+                           frozenset({Need.TEACHER_LAST_HIDDEN}))
+        lp = sampled_token_logprobs(out, next_token_targets(labels), vocab=len(tok)).double()
+        scores = []
+        for b, (t_ids, s_off, t_off) in enumerate(aligned):
+            if not s_off:
+                scores.append(torch.zeros(0, dtype=torch.float64, device=lp.device))
+                continue
+            # teacher token j's log-prob sits at position j - 1 (the next-token convention); the
+            # first has no context and counts 0
+            per_token = torch.cat([lp.new_zeros(1), lp[b, :max(len(t_ids) - 1, 0)]])[:len(t_ids)]
+            scores.append(span_logprobs(s_off, t_off, per_token))
+        return scores
+
+    def sampled_logprobs(self, batch: dict) -> torch.Tensor:
+        """``(B, L)`` float32: at position ``t``, the teacher's log-prob of the student token at
+        ``t + 1`` (its byte span), as :attr:`TeacherOutput.sampled_logprobs` holds it; 0 where no
+        token follows under the attention mask."""
+        input_ids, mask = batch["input_ids"], batch["attention_mask"]
+        positions = [[i for i, m in enumerate(row) if m] for row in mask.tolist()]
+        ids = input_ids.tolist()
+        rows = [[ids[b][i] for i in pos] for b, pos in enumerate(positions)]
+        scores = self.span_scores(rows, device=input_ids.device)
+        out = torch.zeros(input_ids.shape, dtype=torch.float32, device=input_ids.device)
+        for b, (pos, s) in enumerate(zip(positions, scores)):
+            if len(pos) > 1:
+                # the token at pos[k] is the target of position pos[k - 1]
+                out[b, torch.as_tensor(pos[:-1], device=out.device)] = s[1:].to(out.dtype)
+        return out
+
+
+def alignment_rate(teacher: CrossTokenizerTeacher, examples: list[dict]) -> float:
+    """Share of student positions with an aligned teacher position (ULD) over ``examples``."""
     hits = total = 0
     for e in examples:
-        _, a = align(hook.student_tok, hook.teacher_tok, list(e["input_ids"]))
+        _, a = align(teacher.student_tok, teacher._teacher_tokenizer(), list(e["input_ids"]))
         hits += sum(1 for x in a if x >= 0)
         total += len(a)
     return hits / max(total, 1)

@@ -111,3 +111,15 @@ def test_cross_tokenizer_teacher_needs_an_online_teacher_and_a_tokenizer():
 
         CrossTokenizerTeacher(HFTeacher(ModelSpec(config={"model_type": "llama"})),
                               tokenizer_build={"corpus": "data", "vocab_size": 8})
+
+
+def test_tiny_opd_run_across_vocabularies_on_student_samples(tiny_cfg, tmp_path, distill_cache):
+    """loss=opd with teacher=cross_tokenizer on sequences the student samples during training: the
+    teacher re-tokenizes each sampled row and scores the student's tokens by byte spans."""
+    cfg = _cross_cfg(tiny_cfg, tmp_path, distill_cache, "loss=opd", "sequences=student",
+                     "sequences.sampling.max_new_tokens=8", "sequences.prompts.prompt_tokens=16", "trainer.max_steps=2")
+    pipeline.run(cfg)
+    rows = read_metrics(tmp_path / "uld")
+    kl = [r["train/opd_kl"] for r in rows if "train/opd_kl" in r]
+    assert kl and all(abs(k) < 50 for k in kl)
+    assert any(r.get("train/generated_tokens", 0) > 0 for r in rows)

@@ -2,7 +2,10 @@
 
 ``heldout_metrics`` returns per-batch *sums* over unmasked tokens plus the token count;
 ``finalize`` turns accumulated sums into means: student loss and perplexity, teacher loss,
-top-1 agreement (argmax match) and ``KL(p_T || q_S)`` per token.
+top-1 agreement (argmax match) and ``KL(p_T || q_S)`` per token. With :func:`byte_sums`
+accumulated too, also bits per byte of the held-out text (``bpb``, ``teacher_bpb``): the CE sums
+over the UTF-8 bytes of the scored targets (:mod:`distill.data.bytes_per_token`), the one measure
+that compares models with different tokenizers.
 """
 
 from __future__ import annotations
@@ -76,6 +79,18 @@ def heldout_sums(student_logits: torch.Tensor, teacher: TeacherOutput, targets: 
     return heldout_metrics(student_logits, teacher.logits, targets)
 
 
+def byte_sums(table: torch.Tensor | None, targets: torch.Tensor) -> dict[str, float]:
+    """``{"bytes", "bytes_tokens"}`` of one batch: the UTF-8 bytes of its scored targets by the
+    per-id ``table`` (:func:`distill.data.bytes_per_token.checked_byte_lengths`), and the tokens
+    they cover; ``{}`` without a table or when a target is outside it (``finalize`` then reports no
+    bpb: never one over part of the batches)."""
+    mask = targets != -100
+    if table is None or (mask.any() and int(targets[mask].max()) >= table.numel()):
+        return {}
+    n_bytes = table.to(targets.device)[targets.clamp_min(0)][mask].sum()
+    return {"bytes": float(n_bytes), "bytes_tokens": float(mask.sum())}
+
+
 def accumulate(total: dict[str, float], batch: dict[str, float]) -> dict[str, float]:
     for k, v in batch.items():
         total[k] = total.get(k, 0.0) + v
@@ -83,7 +98,9 @@ def accumulate(total: dict[str, float], batch: dict[str, float]) -> dict[str, fl
 
 
 def finalize(total: dict[str, float]) -> dict[str, float]:
-    """Means per token: ``loss``, ``ppl``, ``teacher_loss``, ``teacher_ppl``, ``agreement``, ``kl``."""
+    """Means per token: ``loss``, ``ppl``, ``teacher_loss``, ``teacher_ppl``, ``agreement``, ``kl``;
+    bits per byte ``bpb`` (and ``teacher_bpb`` beside ``teacher_loss``) where every batch counted its
+    bytes (:func:`byte_sums`)."""
     n = max(total.get("tokens", 0.0), 1.0)
     out = {"loss": total.get("student_ce", 0.0) / n}
     out["ppl"] = math.exp(min(out["loss"], 50.0))
@@ -98,6 +115,12 @@ def finalize(total: dict[str, float]) -> dict[str, float]:
         out["kl_sparse"] = total["sparse_kl"] / n
         if "sparse_agree" in total:
             out["agreement"] = total["sparse_agree"] / n
+    n_bytes = total.get("bytes", 0.0)
+    if n_bytes > 0 and total.get("bytes_tokens") == total.get("tokens"):
+        # bits per byte: the same CE sums over the text's bytes instead of its tokens
+        out["bpb"] = total.get("student_ce", 0.0) / math.log(2) / n_bytes
+        if "teacher_loss" in out:
+            out["teacher_bpb"] = total["teacher_ce"] / math.log(2) / n_bytes
     return out
 
 

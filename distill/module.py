@@ -18,6 +18,7 @@ import lightning as L
 import torch
 
 from distill import metrics as M
+from distill.data.bytes_per_token import checked_byte_lengths
 from distill.losses.combine import DistillationLoss
 from distill.lightning_compat import set_logged_step
 from distill.losses.functional import next_token_targets
@@ -215,6 +216,9 @@ class DistillationModule(L.LightningModule):
         return loss
 
     # ------------------------------------------------------------------ validation
+    # (tokenizer, its per-id byte lengths or None): derived once per tokenizer, for val/bpb
+    _byte_table_of: tuple = (None, None)
+
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         targets = next_token_targets(batch["labels"])
         student = self.student_forward(batch, frozenset({Need.STUDENT_LOGITS}))
@@ -222,6 +226,20 @@ class DistillationModule(L.LightningModule):
         # vocabulary, or a cache without this split), so every teacher that can is scored here.
         teacher = self._trim_vocab(self.teacher.heldout_output(batch))
         M.accumulate(self._val_totals, M.heldout_sums(student.logits, teacher, targets))
+        # the targets' bytes (a gather in a per-tokenizer table): bits per byte of the held-out text
+        M.accumulate(self._val_totals, M.byte_sums(self.byte_table(), targets))
+
+    def byte_table(self, tokenizer=None) -> torch.Tensor | None:
+        """UTF-8 bytes per id of ``tokenizer`` (default: the DataModule's, the student's), checked
+        on a probe text once per tokenizer; None when they cannot be derived (a warning says why,
+        and no ``val/bpb`` is reported) or no tokenizer is known."""
+        if tokenizer is None and self._trainer is not None:
+            tokenizer = getattr(getattr(self.trainer, "datamodule", None), "tokenizer", None)
+        if tokenizer is None:
+            tokenizer = self._byte_table_of[0]
+        if tokenizer is not None and self._byte_table_of[0] is not tokenizer:
+            self._byte_table_of = (tokenizer, checked_byte_lengths(tokenizer))
+        return self._byte_table_of[1]
 
     def on_validation_epoch_start(self) -> None:
         self._val_totals = {}

@@ -229,3 +229,79 @@ def test_step_timer_logs_the_median_after_warmup():
         timer.on_train_batch_start(trainer, module, None, step)
         timer.on_train_batch_end(trainer, module, None, None, step)
     assert [n for n, _ in logged] == ["time/step_s"] * 3 and all(v >= 0 for _, v in logged)
+
+
+# ----------------------------------------------------------------------------- several tokenizers
+def _tokenizer_run(root: Path, name: str, overrides: list[str], tokenizer: str, loss: float, bpb: float | None) -> Path:
+    """A run whose config_resolved.yaml records its student tokenizer, as provenance writes it."""
+    run = root / name
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    config = {"objective": "val/loss", "student": {"tokenizer": tokenizer, "loaded": {"tokenizer": tokenizer}}}
+    (run / "config_resolved.yaml").write_text(yaml.safe_dump(config))
+    path = run / "csv" / "version_0" / "metrics.csv"
+    path.parent.mkdir(parents=True)
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["epoch", "step", "val/loss", "val/bpb"])
+        w.writerow([0, 3, loss, "" if bpb is None else bpb])
+    return run
+
+
+def test_runs_with_different_tokenizers_are_ranked_by_bpb_and_the_header_says_so(tmp_path, caplog):
+    root = tmp_path / "tok"
+    # the 300-token vocabulary has the lower loss per token (shorter, easier tokens) but more bits per byte
+    for seed, (small, large) in enumerate([((2.0, 1.30), (3.0, 1.10)), ((2.1, 1.34), (3.2, 1.14))]):
+        _tokenizer_run(root, f"{2 * seed}_v300", ["student.tokenizer_build.vocab_size=300", f"seed={seed}"],
+                       "/cache/tokenizers/bpe-300-aaaa", *small)
+        _tokenizer_run(root, f"{2 * seed + 1}_v500", ["student.tokenizer_build.vocab_size=500", f"seed={seed}"],
+                       "/cache/tokenizers/bpe-500-bbbb", *large)
+    runs = compare.load_local(root)
+    result = compare.compare(runs, tmp_path / "out")
+    assert (result.objective, result.direction) == ("val/bpb", "min")
+    assert [r["student.tokenizer_build.vocab_size"] for r in result.rows] == ["500", "300"], "by bpb, not val/loss"
+    best = result.rows[0]
+    assert best["tokenizer"] == "bpe-500-bbbb" and best["n"] == 2 and best["val/bpb"] == pytest.approx(1.12)
+    assert result.columns[:5] == ["rank", "runs", "student.tokenizer_build.vocab_size", "tokenizer", "n"]
+    md = result.files["markdown"].read_text()
+    assert "objective `val/bpb`" in md and "2 different student tokenizers" in md
+    assert "| 1 | 1,3 | 500 | bpe-500-bbbb | 2 | 1.1200 ± 0.0283 | 3.1000 ± 0.1414 |" in md
+    # asked for explicitly, val/loss is kept, with the warning in the header
+    with caplog.at_level("WARNING"):
+        forced = compare.compare(runs, tmp_path / "forced", objective="val/loss")
+    assert forced.objective == "val/loss" and forced.rows[0]["student.tokenizer_build.vocab_size"] == "300"
+    assert "Warning" in forced.files["markdown"].read_text() and "unlike units" in caplog.text
+
+
+def test_one_tokenizer_keeps_val_loss_and_old_runs_without_bpb_warn(tmp_path):
+    root = tmp_path / "same"
+    _tokenizer_run(root, "0_a", ["loss=kd"], "/t/bpe-300", 2.0, 1.3)
+    _tokenizer_run(root, "1_b", ["loss=jsd"], "/t/bpe-300", 1.9, 1.35)  # bpb disagrees: val/loss still ranks
+    same = compare.compare(compare.load_local(root), tmp_path / "o1")
+    assert same.objective == "val/loss" and same.note == "" and [r["loss"] for r in same.rows] == ["jsd", "kd"]
+    assert "tokenizer" not in same.columns and "val/bpb" in same.columns
+    old = tmp_path / "old"
+    _tokenizer_run(old, "0_a", ["x=1"], "/t/bpe-300", 2.0, None)
+    _tokenizer_run(old, "1_b", ["x=2"], "/t/bpe-500", 3.0, None)
+    result = compare.compare(compare.load_local(old), tmp_path / "o2")
+    assert result.objective == "val/loss" and "no run logged `val/bpb`" in result.note
+
+
+@pytest.mark.slow  # two tiny training runs (tokenizer training, 2 steps, validation): ~40 s on a loaded CPU
+def test_a_two_tokenizer_sweep_of_real_runs_is_ranked_by_bpb(tiny_cfg, tmp_path):
+    from distill import pipeline
+
+    root = tmp_path / "sweep"
+    for n, vocab in enumerate((300, 500)):
+        overrides = [f"student.tokenizer_build.vocab_size={vocab}", "teacher=none", "loss=ce", "trainer.max_steps=2"]
+        run = root / f"{n}_v{vocab}"
+        pipeline.run(tiny_cfg(*overrides, output_dir=run))
+        (run / ".hydra").mkdir(parents=True, exist_ok=True)  # what Hydra writes for a -m job
+        (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    runs = compare.load_local(root)
+    assert len({compare.load.tokenizer_of(r) for r in runs}) == 2
+    assert all(r.final["val/bpb"] > 0 for r in runs)
+    result = compare.compare(runs, tmp_path / "out")
+    assert result.objective == "val/bpb" and "2 different student tokenizers" in result.note
+    bpbs = [r["val/bpb"] for r in result.rows]
+    assert bpbs == sorted(bpbs) and {r["tokenizer"][:8] for r in result.rows} == {"bpe-300-", "bpe-500-"}

@@ -19,6 +19,12 @@ adds, for each ``--relative`` metric (default ``time/step_s``), the ratio of a r
 mean of the one row with that setting (e.g. step time relative to ``loss=kd``; several pairs
 ``K=V,K2=V2`` single one out).
 
+Tokenizers: a per-token loss compares runs of one tokenizer only. When the runs record different
+student tokenizers (:func:`~distill.compare.load.tokenizer_of`), the default objective (``val/loss``
+or ``val/ppl``) becomes ``val/bpb``, bits per byte of the held-out text, the table gets a
+``tokenizer`` column and its header says why; with one tokenizer nothing changes. An objective
+given with ``--objective`` is kept, with a warning in the header when it is per token.
+
 Runs are read by :mod:`distill.compare.load`, tabled by :mod:`distill.compare.table` and drawn by
 :mod:`distill.compare.plots`.
 """
@@ -32,9 +38,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from distill.compare.load import Run, group_runs, load_local, load_wandb, varies_seed
-from distill.compare.plots import plot_curves, plot_objective
+from distill.compare.load import Run, group_runs, load_local, load_wandb, tokenizer_label, tokenizers, varies_seed
+from distill.compare.plots import CURVE_METRICS, plot_curves, plot_objective
 from distill.compare.table import DEFAULT_METRICS, build_table, header, infer_direction, to_markdown, write_csv
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -45,6 +53,31 @@ class Comparison:
     objective: str
     direction: str
     files: dict[str, Path]
+    note: str = ""  # why the objective is what it is (several tokenizers), as the header says it
+
+
+# Means per token: meaningless between runs whose tokenizers cut the text differently.
+PER_TOKEN_OBJECTIVES = ("val/loss", "val/ppl")
+BPB = "val/bpb"
+
+
+def tokenizer_objective(runs: Sequence[Run], objective: str, explicit: bool) -> tuple[str, str]:
+    """``(objective, note)``: ``val/bpb`` instead of a default per-token objective when the runs'
+    student tokenizers differ, and the sentence the header shows (empty with one tokenizer)."""
+    distinct = tokenizers(runs)
+    if len(distinct) < 2 or objective not in PER_TOKEN_OBJECTIVES:
+        return objective, ""
+    names = ", ".join(sorted({tokenizer_label(r) for r in runs}))
+    which = f"The runs use {len(distinct)} different student tokenizers ({names}): `{objective}` is per token of each"
+    if explicit:
+        note = f"Warning: {which}, so its ranking compares unlike units (`{BPB}`, bits per byte, does not)."
+    elif any(BPB in r.final for r in runs):
+        return BPB, f"{which}, so rows are ranked by `{BPB}`, bits per byte of the held-out text, instead."
+    else:
+        note = (f"Warning: {which}, but no run logged `{BPB}` (runs older than it): ranked by `{objective}`, "
+                "which does not compare them.")
+    log.warning(note)
+    return objective, note
 
 
 def compare(runs: Sequence[Run], out_dir: str | Path, objective: str | None = None, direction: str = "auto",
@@ -58,9 +91,12 @@ def compare(runs: Sequence[Run], out_dir: str | Path, objective: str | None = No
     """
     if not runs:
         raise ValueError("distill-compare: no runs to compare")
+    explicit = objective is not None
     if objective is None:
         named = {r.config.get("objective") for r in runs if r.config.get("objective")}
         objective = named.pop() if len(named) == 1 else "val/loss"
+    objective, note = tokenizer_objective(runs, objective, explicit)
+    by_tokenizer = len(tokenizers(runs)) > 1
     if direction == "auto":
         direction = infer_direction(objective, runs)
     if direction not in ("min", "max"):
@@ -68,20 +104,23 @@ def compare(runs: Sequence[Run], out_dir: str | Path, objective: str | None = No
     aggregate = not per_run and (varies_seed(runs) or bool(relative))
     relative = relative if aggregate else None
     groups = group_runs(runs, by_seed=aggregate)
-    rows, columns, params = build_table(groups, objective, direction, aggregate, metrics, relative, relative_metrics)
+    rows, columns, params = build_table(groups, objective, direction, aggregate, metrics, relative, relative_metrics,
+                                        by_tokenizer)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     files = {"markdown": out / "comparison.md", "csv": out / "comparison.csv"}
-    text = header(title, groups, objective, direction, params, aggregate, relative)
+    text = header(title, groups, objective, direction, params, aggregate, relative, note)
     files["markdown"].write_text(text + to_markdown(rows, columns) + "\n")
     write_csv(rows, columns, files["csv"])
-    curves = plot_curves(groups, params, out / "val_curves.png", aggregate)
+    # per-token curves of different tokenizers do not compare either: draw bits per byte instead
+    curve_metrics = [BPB if m == "val/loss" and objective == BPB else m for m in CURVE_METRICS]
+    curves = plot_curves(groups, params, out / "val_curves.png", aggregate, curve_metrics)
     if curves:
         files["curves"] = curves
     vs = plot_objective(groups, params, objective, out / "objective_vs_params.png", aggregate)
     if vs:
         files["objective"] = vs
-    return Comparison(rows, columns, params, objective, direction, files)
+    return Comparison(rows, columns, params, objective, direction, files, note)
 
 
 def _relative_arg(text: str | None) -> dict[str, str] | None:
@@ -104,7 +143,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--wandb", metavar="ENTITY/PROJECT", help="compare W&B runs instead (needs the network)")
     parser.add_argument("--group", help="with --wandb: the W&B group (a sweep's name)")
     parser.add_argument("--out", help="output directory (default: <sweep_dir>/compare or ./compare-<group>)")
-    parser.add_argument("--objective", help="metric to rank by (default: the runs' `objective`, else val/loss)")
+    parser.add_argument("--objective", help="metric to rank by (default: the runs' `objective`, else val/loss; "
+                                            "val/bpb when the runs' tokenizers differ)")
     parser.add_argument("--direction", default="auto", choices=["auto", "min", "max"])
     parser.add_argument("--metrics", nargs="+", default=list(DEFAULT_METRICS), help="metric columns to show")
     parser.add_argument("--per-run", action="store_true", help="one row per run even when the sweep varies seed")

@@ -61,6 +61,43 @@ class Group:
         return mean, std, n
 
 
+def tokenizer_of(run: Run) -> str | None:
+    """What identifies a run's student tokenizer, from its saved config (None: not recorded).
+
+    ``student.tokenizer`` is the folder or hub id the run really loaded (the build writes it back,
+    and :func:`distill.provenance.record_models` saves it: a trained BPE's folder is keyed by its
+    settings and data, ``bpe-<vocab>-<key>``); a config logged before the build (W&B) has it null
+    and the trained tokenizer's ``tokenizer_build`` settings instead. Equal ids: one tokenizer, so
+    per-token losses compare; different ids: compare bits per byte.
+    """
+    student = run.config.get("student") if isinstance(run.config, dict) else None
+    if not isinstance(student, dict):
+        return None
+    if student.get("tokenizer"):
+        return str(student["tokenizer"])
+    build = student.get("tokenizer_build")
+    if isinstance(build, dict) and build:
+        return "build:" + json.dumps({k: v for k, v in build.items() if k != "dir"}, sort_keys=True, default=str)
+    return None
+
+
+def tokenizer_label(run: Run) -> str:
+    """A short name of :func:`tokenizer_of` for a table cell: the folder's last part."""
+    ident = tokenizer_of(run)
+    if ident is None:
+        return "?"
+    if ident.startswith("build:"):
+        build = json.loads(ident[len("build:"):])
+        return f"bpe-{build.get('vocab_size', '?')} ({build.get('corpus', '?')})"
+    return Path(ident.rstrip("/")).name or ident
+
+
+def tokenizers(runs: Sequence[Run]) -> list[str]:
+    """The distinct recorded student tokenizers of ``runs`` (runs that recorded none are left out)."""
+    seen = [t for t in (tokenizer_of(r) for r in runs) if t is not None]
+    return sorted(set(seen))
+
+
 def varies_seed(runs: Sequence[Run], seed_key: str = SEED_KEY) -> bool:
     return len({r.params.get(seed_key) for r in runs}) > 1
 

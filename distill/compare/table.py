@@ -12,10 +12,11 @@ import csv
 from pathlib import Path
 from typing import Any, Sequence
 
-from distill.compare.load import SEED_KEY, Group, Run, natural_key
+from distill.compare.load import SEED_KEY, Group, Run, natural_key, tokenizer_label
 
 # Shown after the objective when a run logged them; teacher metrics are the same for every run.
-DEFAULT_METRICS = ("val/loss", "val/ppl", "val/agreement", "val/kl", "summary/gap_closed")
+# val/bpb: bits per byte of the held-out text, the column that compares runs across tokenizers.
+DEFAULT_METRICS = ("val/loss", "val/ppl", "val/bpb", "val/agreement", "val/kl", "summary/gap_closed")
 # Objectives where larger is better (the rest are minimised) when the sweep does not say.
 MAXIMIZE_HINTS = ("agreement", "acc", "gap_closed", "pass@", "bleu", "rouge")
 
@@ -57,12 +58,15 @@ def _reference(groups: Sequence[Group], relative: dict[str, str], metrics: Seque
 
 def build_table(groups: Sequence[Group], objective: str, direction: str, aggregate: bool,
                 metrics: Sequence[str] = DEFAULT_METRICS, relative: dict[str, str] | None = None,
-                relative_metrics: Sequence[str] = ("time/step_s",)) -> tuple[list[dict], list[str], list[str]]:
+                relative_metrics: Sequence[str] = ("time/step_s",), by_tokenizer: bool = False,
+                ) -> tuple[list[dict], list[str], list[str]]:
     """Rows best (mean) first, their columns and the swept parameters. With ``aggregate`` and
     ``relative = {key: value, ...}``, ``<metric>_rel`` is the row's mean over the mean of the one
-    group with those settings."""
+    group with those settings. ``by_tokenizer``: a ``tokenizer`` column after the parameters (the
+    runs' tokenizers differ)."""
     runs = [r for g in groups for r in g.runs]
     params = [p for p in swept_params(runs) if not (aggregate and p == SEED_KEY)]
+    labels = ["tokenizer"] if by_tokenizer else []
     present = {k for r in runs for k in r.final}
     if objective not in present:
         raise KeyError(f"distill-compare: objective {objective!r} was logged by no run; logged: {sorted(present)}")
@@ -79,6 +83,8 @@ def build_table(groups: Sequence[Group], objective: str, direction: str, aggrega
     for rank, g in enumerate(sorted(groups, key=rank_key), 1):
         row: dict[str, Any] = {"rank": rank, "runs" if aggregate else "run": g.name}
         row.update({p: g.params.get(p, "") for p in params})
+        if by_tokenizer:
+            row["tokenizer"] = ",".join(sorted({tokenizer_label(r) for r in g.runs}))
         if not aggregate:  # one run: its values as logged, a non-finite one included
             row.update({m: g.runs[0].final.get(m) for m in shown})
             rows.append(row)
@@ -91,8 +97,8 @@ def build_table(groups: Sequence[Group], objective: str, direction: str, aggrega
             row[f"{m}_rel"] = mean / ref if mean is not None and ref else None
         rows.append(row)
     if not aggregate:
-        return rows, ["rank", "run", *params, *shown], params
-    columns = ["rank", "runs", *params, "n"]
+        return rows, ["rank", "run", *params, *labels, *shown], params
+    columns = ["rank", "runs", *params, *labels, "n"]
     for m in shown + extra:
         columns += [m, f"{m}_std"]
     columns += [f"{m}_rel" for m in rel_shown]
@@ -100,8 +106,9 @@ def build_table(groups: Sequence[Group], objective: str, direction: str, aggrega
 
 
 def header(title: str, groups: Sequence[Group], objective: str, direction: str, params: Sequence[str],
-           aggregate: bool, relative: dict[str, str] | None) -> str:
-    """The Markdown title and the sentence that says how to read the table."""
+           aggregate: bool, relative: dict[str, str] | None, note: str = "") -> str:
+    """The Markdown title and the sentence that says how to read the table (and ``note``: why the
+    objective is what it is)."""
     runs = [r for g in groups for r in g.runs]
     better = "lower" if direction == "min" else "higher"
     swept = ", ".join(f"`{p}`" for p in params) or "nothing"
@@ -114,6 +121,8 @@ def header(title: str, groups: Sequence[Group], objective: str, direction: str, 
         text = (f"{len(runs)} runs in {len(groups)} settings (seeds {', '.join(seeds)}); objective `{objective}` "
                 f"({better} is better), best mean first; cells are mean ± sample std over the n seeds with a "
                 f"value. Swept: {swept}.{rel}")
+    if note:
+        text += f" {note}"
     return "\n".join([f"# {title or 'Sweep comparison'}", "", text, "", ""])
 
 

@@ -71,10 +71,10 @@ class StepClock:
         return d[max(0, skip - 1):]
 
 
-def fit_timed(cfg, clock: StepClock, on_step=None):
+def fit_timed(cfg, clock: StepClock, on_step=None, callbacks=()):
     """Fit ``cfg``'s run (seeded, weights loaded, no logger or checkpoints) with ``clock`` ticking at
-    the start of training and after every optimizer step; ``on_step(trainer)`` runs after each tick.
-    Returns the built components."""
+    the start of training and after every optimizer step; ``on_step(trainer)`` runs after each tick;
+    ``callbacks``: more Lightning callbacks for the trainer. Returns the built components."""
     import lightning as L
 
     from distill.build import build_components
@@ -91,7 +91,8 @@ def fit_timed(cfg, clock: StepClock, on_step=None):
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     parts = build_components(cfg).load()
-    trainer = instantiate(cfg.trainer, "trainer", callbacks=[Tick()], logger=False, enable_checkpointing=False)
+    trainer = instantiate(cfg.trainer, "trainer", callbacks=[Tick(), *callbacks], logger=False,
+                          enable_checkpointing=False)
     trainer.fit(parts.module, datamodule=parts.datamodule)
     return parts
 
@@ -112,3 +113,22 @@ def trl_tick(clock: StepClock):
 
 def median(xs: list[float]) -> float:
     return statistics.median(xs) if xs else float("nan")
+
+
+def proc_status(field: str) -> int:
+    """A size field of ``/proc/self/status`` in bytes (``VmRSS``: resident now, ``VmHWM``: its peak)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def reset_peak_rss() -> bool:
+    """Reset ``VmHWM`` to the current RSS (Linux >= 4.0); False where the kernel does not allow it."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False

@@ -130,6 +130,8 @@ class TeacherOutput:
             change :attr:`kind` (a teacher with only this field has no distribution to compare).
         positions, member_top1, member_picked: optional extras of cross-tokenizer and ensemble
             teachers (alignment mask; per-member argmax and selection, for their log lines).
+        member_rows: a routed teacher's ``{member: (B,) bool}``: the rows each member scored (for
+            the per-member log lines).
     """
 
     logits: torch.Tensor | None = None
@@ -146,6 +148,8 @@ class TeacherOutput:
     #: ensemble teachers: ``{member: (B, L) top-1 ids}`` and ``{member: (B, L) bool}`` where it was selected
     member_top1: dict | None = None
     member_picked: dict | None = None
+    #: routed teachers: ``{member: (B,) bool}`` rows each member scored
+    member_rows: dict | None = None
     sampled_logprobs: torch.Tensor | None = None
 
     @property

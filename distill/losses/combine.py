@@ -220,6 +220,7 @@ class DistillationLoss(nn.Module):
                     value = torch.where(mask, values, 0.0).sum() / denom
                     for key, extra in (out.logs or {}).items():
                         logs[f"{name}_{key}"] = torch.where(mask, extra.detach(), 0.0).sum() / denom
+                    logs.update(route_logs(teacher, name, values, out.logs, mask, denom))
                 else:
                     value = out.value
             if weight != 0.0:
@@ -252,4 +253,25 @@ def teacher_member_logs(student: StudentOutput, teacher: TeacherOutput, mask: to
     positions = getattr(teacher, "positions", None)  # a cross-tokenizer teacher's aligned positions
     if positions is not None:
         logs["aligned"] = (positions & mask).sum() / denom
+    return logs
+
+
+def route_logs(teacher: TeacherOutput, name: str, values: torch.Tensor, extras: Mapping | None,
+               mask: torch.Tensor, denom: torch.Tensor) -> dict[str, torch.Tensor]:
+    """A routed teacher's per-member view of component ``name`` (:mod:`distill.teachers.routed`):
+    ``route_<member>_share`` (its share of the step's tokens), ``route_<member>_rows`` (rows it
+    scored), and the component's value and per-token logs on its rows only
+    (``route_<member>_<name>[_<key>]``). All are ``sum / N_step`` (or counts), so they add up over
+    micro-batches, and over members to the component's own line."""
+    rows = getattr(teacher, "member_rows", None)
+    if not rows:
+        return {}
+    logs: dict[str, torch.Tensor] = {}
+    for member, picked in rows.items():
+        mine = mask & picked.to(mask.device).unsqueeze(-1)
+        logs[f"route_{member}_share"] = mine.sum() / denom
+        logs[f"route_{member}_rows"] = picked.sum().float()
+        logs[f"route_{member}_{name}"] = torch.where(mine, values.detach(), 0.0).sum() / denom
+        for key, extra in (extras or {}).items():
+            logs[f"route_{member}_{name}_{key}"] = torch.where(mine, extra.detach(), 0.0).sum() / denom
     return logs

@@ -222,7 +222,7 @@ class SequenceSource(Sequences):
                         train_s=max(step_s - self._last_generation_s, 0.0))
         self._last_start = start
         batch = dict(batch)
-        meta = batch.pop("meta", None)  # the prompts' fields (MetaHook), for the reward only
+        meta = batch.pop("meta", None)  # the prompts' fields (MetaHook), for the reward and a routed teacher
         reused = self.buffer.take()
         if reused is not None:
             # a stored generation trains once more (with its old_logprobs); this step's data batch is skipped
@@ -236,6 +236,8 @@ class SequenceSource(Sequences):
             meta = None if meta is None else [m for m in meta for _ in range(n)]
         new, gen_logs = self._write(batch, module, step, start)
         logs.update(gen_logs)
+        if meta is not None:
+            new["meta"] = meta  # one per row, as the rows stay in order (teacher=routed reads it)
         if n > 1:
             new["group"] = torch.arange(new["input_ids"].shape[0] // n, device=new["input_ids"].device
                                         ).repeat_interleave(n)

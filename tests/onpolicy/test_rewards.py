@@ -66,7 +66,7 @@ def test_prompts_without_tests_score_0_and_meta_reaches_batches(reward):
 
 def test_samples_per_prompt_groups_rows_and_scores_each(task, tiny_cfg, tmp_path):
     """Through the real source on a tiny model: B prompts become B * n consecutive rows, each with a
-    reward and its prompt's group; the meta never reaches the loss."""
+    reward and its prompt's group and meta."""
     from distill.build import build_components
     from distill.onpolicy import SequenceSource
 
@@ -89,7 +89,9 @@ def test_samples_per_prompt_groups_rows_and_scores_each(task, tiny_cfg, tmp_path
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone(),
              "meta": [{"task_id": "a"}, {"task_id": "b"}]}
     new, logs = src(batch, parts.module, step=0)
-    assert "meta" not in new and new["input_ids"].shape[0] == 6
+    assert new["input_ids"].shape[0] == 6
+    # each row keeps its prompt's meta (a routed teacher reads it), in row order
+    assert [m["task_id"] for m in new["meta"]] == ["a"] * 3 + ["b"] * 3
     assert new["group"].tolist() == [0, 0, 0, 1, 1, 1]
     assert new["reward"].tolist() == [0, 1, 2, 3, 4, 5] and "reward_mean" in logs
     assert [m["task_id"] for m in scorer.seen[1]] == ["a"] * 3 + ["b"] * 3

@@ -6,9 +6,13 @@ tokens are :func:`distill.data.conventions.stop_token_ids` of the run's tokenize
 end-of-turn token (``<|im_end|>``, ``<end_of_turn>``) first, then its ``eos`` if that differs, so a
 chat answer ends where its chat template ends the turn. Two generators live here:
 
-* :class:`HFGenerator`: Hugging Face ``generate`` on the whole batch at once, with a KV cache
-  (``cache_implementation="static"`` where the model and device support it, e.g. on a GPU),
-  stopping when every row has emitted a stop token;
+* :class:`HFGenerator`: Hugging Face ``generate`` on the whole batch at once, with a KV cache,
+  stopping when every row has emitted a stop token. ``sampling.static_cache`` pre-allocates the
+  cache for prompt + ``max_new_tokens`` (``cache_implementation="static"``: no per-token
+  reallocation and concatenation of the keys and values, on a CPU too); ``sampling.compile``
+  also compiles the decoding step with ``torch.compile`` on any device (transformers does that by
+  itself for a static cache on a GPU, never on a CPU). Same tokens as the dynamic cache (greedy,
+  tested); whether either pays depends on the model and machine: measure before turning it on;
 * :func:`distill.onpolicy.speculative.speculative_generate` (speculative KD) is a token-level loop
   over two models and so is its own function.
 
@@ -52,8 +56,10 @@ class Sampling:
         temperature: softmax temperature of the sampling distribution (> 0).
         top_p: nucleus sampling mass in (0, 1]; 1 = the full distribution.
         greedy: argmax decoding instead of sampling (temperature and top_p ignored).
-        cache_implementation: passed to ``generate`` (``"static"`` for a pre-allocated KV cache on a
-            GPU); None = the model's default dynamic cache.
+        cache_implementation: passed to ``generate``; None = the model's default dynamic cache.
+        static_cache: a pre-allocated KV cache (``cache_implementation="static"``), on any device.
+        compile: compile the decoding step (``torch.compile``, inductor, default mode; needs
+            ``static_cache``: a compiled step keeps its shapes); the first call pays the compilation.
     """
 
     max_new_tokens: int = 64
@@ -61,6 +67,8 @@ class Sampling:
     top_p: float = 1.0
     greedy: bool = False
     cache_implementation: str | None = None
+    static_cache: bool = False
+    compile: bool = False
 
     def __post_init__(self):
         if self.max_new_tokens < 1:
@@ -70,6 +78,17 @@ class Sampling:
                              f"got {self.temperature}")
         if not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"sequences.sampling.top_p must be in (0, 1], got {self.top_p}")
+        if self.static_cache and self.cache_implementation not in (None, "static"):
+            raise ValueError(f"sequences.sampling.static_cache=true asks for the static cache, but "
+                             f"cache_implementation={self.cache_implementation!r}; set one of them")
+        if self.compile and not (self.static_cache or self.cache_implementation == "static"):
+            raise ValueError("sequences.sampling.compile=true compiles the decoding step, which needs fixed shapes: "
+                             "set sequences.sampling.static_cache=true too")
+
+    @property
+    def cache(self) -> str | None:
+        """The ``cache_implementation`` handed to ``generate`` (None: the model's default)."""
+        return "static" if self.static_cache else self.cache_implementation
 
 
 @dataclass
@@ -157,8 +176,10 @@ class HFGenerator:
         if not sampling.greedy:
             # top_k=0: no top-k truncation besides top_p (HF's default top_k is 50)
             kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
-        if sampling.cache_implementation:
-            kwargs["cache_implementation"] = sampling.cache_implementation
+        if sampling.cache:
+            kwargs["cache_implementation"] = sampling.cache
+        if sampling.compile:
+            kwargs["compile_config"] = compile_config()
         out_size = _output_size(model)
         if vocab_size is not None and out_size is not None and out_size > vocab_size:
             kwargs["suppress_tokens"] = list(range(vocab_size, out_size))
@@ -176,3 +197,15 @@ class HFGenerator:
 def _output_size(model: torch.nn.Module) -> int | None:
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     return head.weight.shape[0] if head is not None else None
+
+
+def compile_config():
+    """transformers' ``CompileConfig`` for a compiled decoding step on any device: inductor in its
+    default mode ("reduce-overhead" is CUDA graphs), shapes fixed by the static cache. transformers
+    compiles only on accelerators unless ``_compile_all_devices`` is set (a private attribute, but the
+    only switch ``GenerationMixin._valid_auto_compile_criteria`` reads for a CPU)."""
+    from transformers import CompileConfig
+
+    config = CompileConfig(fullgraph=False, dynamic=False, mode="default")
+    config._compile_all_devices = True
+    return config

@@ -101,6 +101,7 @@ def run_trl(args, total: int, clock: StepClock, out: Path) -> None:
         max_grad_norm=CLIP, optim="adamw_torch", logging_steps=1, save_strategy="no", report_to="none",
         use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0, seed=args.seed, beta=BETA,
         temperature=1.0, top_k=0, top_p=1.0, max_completion_length=args.new_tokens, bf16=False, fp16=False,
+        gradient_checkpointing=False,  # TRL's default recomputes activations; distill's step keeps them
         shuffle_dataset=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

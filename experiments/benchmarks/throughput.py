@@ -30,7 +30,7 @@ on a shared machine stretch the wall clock by up to 10x between rounds but barel
 time, so tokens per CPU-second is the stable throughput figure there (``--clock wall --threads 2``
 on a quiet or dedicated machine). The table reports the median over all steps, and compares
 methods by the median over rounds of their within-round step-time ratios. Checks: distill >=
-TRL, and distill's overhead over the hand-written loop < 10%; a missed target is printed as MISS
+TRL, and distill's overhead over the hand-written loop <= 5%; a missed target is printed as MISS
 with the measured figures.
 """
 
@@ -167,6 +167,10 @@ def run_trl(setup: Setup, total: int, clock: StepClock) -> None:
         report_to="none", use_cpu=True, dataloader_num_workers=0, seed=setup.seed, lmbda=0.0, beta=0.0,
         seq_kd=False, temperature=1.0, max_length=setup.tokens_per_step // setup.batch_size,
         bf16=False, fp16=False,  # TRL's configs default to bf16 autocast: compare at the same fp32 precision
+        # TRL's configs also default to gradient checkpointing, which recomputes activations: the
+        # distill and hand-written steps keep them, so a fair comparison turns it off (the figures
+        # recorded before 2026-12-06 did not, and favoured distill)
+        gradient_checkpointing=False,
         remove_unused_columns=False, dataset_kwargs={"skip_prepare_dataset": True})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -322,7 +326,7 @@ def report(args, setup: Setup, times: dict[str, list[float]], walls: dict[str, l
     for m in ("distill", "distill_fused"):
         if {m, "minimal"} <= med.keys():
             over = 100 * (ratio(m, "minimal") - 1)
-            checks.append((f"{labels[m]} overhead vs hand-written loop < 10%: {over:+.1f}%", over < 10.0))
+            checks.append((f"{labels[m]} overhead vs hand-written loop <= 5%: {over:+.1f}%", over <= 5.0))
     for m in ("distill", "distill_fused"):
         if {m, "trl"} <= med.keys():
             rel = 1 / ratio(m, "trl")

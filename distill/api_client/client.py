@@ -127,15 +127,19 @@ def parse_retry_after(headers: Any) -> float | None:
 
 
 def _sdk_errors() -> dict[str, tuple[type, ...]]:
-    """The error classes of whichever SDKs are installed: both name them alike (same generator)."""
-    import importlib
+    """The error classes of whichever SDKs are loaded: both name them alike (same generator).
+
+    Only SDKs already imported are looked at: an exception raised by an SDK means that SDK is
+    loaded, and importing the other one here would cost the first failed request of a run a second
+    or more (``openai`` runs never need ``anthropic``).
+    """
+    import sys
 
     names = ("APIResponseValidationError", "APITimeoutError", "APIConnectionError", "APIStatusError")
     out: dict[str, tuple[type, ...]] = {n: () for n in names}
     for mod in ("anthropic", "openai"):
-        try:
-            m = importlib.import_module(mod)
-        except ImportError:
+        m = sys.modules.get(mod)
+        if m is None:
             continue
         for n in names:
             out[n] += (getattr(m, n),)
@@ -235,6 +239,7 @@ class TeacherClient:
         self.attempts = 0
         self.retries = 0
         self.retry_reasons: dict[str, int] = {}
+        self.sleep = asyncio.sleep  # the back-off's; injectable like the limiter's, for simulated time
         self.sdk = self._make_sdk(base_url)
 
     def _make_sdk(self, base_url: str | None):
@@ -281,6 +286,14 @@ class TeacherClient:
                 last_desc, last_status = desc, status
                 if limiter is not None:
                     limiter.observe(getattr(getattr(e, "response", None), "headers", None))
+                    if grant is not None and status is not None:
+                        # The server answered with an error status, so it wrote no answer: give the
+                        # output reservation back now. Left unsettled, each failed attempt would hold
+                        # the OTPM bucket ~max_tokens in debt and stall every waiter for its whole
+                        # refill (15 s per fault at the defaults). The input estimate stays charged
+                        # (the server may have read the prompt); a timeout or a malformed 200 stays
+                        # charged in full, as the server may have generated and billed an answer.
+                        limiter.settle(grant, {"input_tokens": grant.cost.get("input_tokens", 0), "output_tokens": 0})
                 if fatal:
                     raise FatalAPIError(f"{what}: {desc}; every request would fail the same way, stopping. "
                                         f"Check {API_KEY_ENV}, the model name and the base URL.") from e
@@ -298,7 +311,7 @@ class TeacherClient:
                 self._note_retry(desc)
                 log.info("%s: attempt %d/%d failed (%s); retrying in %.2fs", what, attempt,
                          self.retry.max_attempts, desc, delay)
-                await asyncio.sleep(delay)
+                await self.sleep(delay)
         raise RequestFailed(f"{what}: gave up after {self.retry.max_attempts} attempts; last error: {last_desc}",
                             attempts=self.retry.max_attempts, status=last_status, retryable=True)
 

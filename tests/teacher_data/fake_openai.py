@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import time
 
 from fake_anthropic import FakeAnthropic
 
@@ -80,6 +81,8 @@ class FakeOpenAI(FakeAnthropic):
                                            {**server.openai_headers(model), "retry-after": f"{max(0.05, wait):.3f}"})
                 kind, param = server.fault(mbody)
                 entry = self._entry({"429": 429, "529": 529, "500": 500}.get(kind or "", 200), h, kind)
+                if server.latency_s:  # as on the Messages path: every answer, faults included
+                    time.sleep(server.latency_s)
                 hdr = server.openai_headers(model)
                 if kind == "429":
                     return self._oai_error(429, "rate limited", {**hdr, "retry-after": f"{param or 1}"})

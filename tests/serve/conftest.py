@@ -1,8 +1,8 @@
 """A SmolLM2-135M-Instruct server per test module of tests/serve.
 
-The GGUF file is converted once per session into the session's cache (tests/models converts it
-first in a full run); loading the converted folder then takes about a second, so each module gets
-its own server and nothing stays loaded for the rest of the session.
+The GGUF file is converted once per session into the session's cache (``smollm2_folder``); loading
+the converted folder then takes about a second, so each module gets its own server and nothing
+stays loaded for the rest of the session.
 
 On 2 cores shared with other jobs, torch's default of one thread per core makes every matmul wait
 for a descheduled sibling thread: 24 new tokens took ~25 s with 2 threads and ~3 s with 1. So the
@@ -17,20 +17,16 @@ PRESET = "preset:smollm2-135m-instruct"
 
 
 @pytest.fixture(scope="module")
-def smol_server():
-    """``distill-serve-teacher`` on loopback with small limits, so each refusal is cheap to provoke."""
-    try:
-        import gguf  # noqa: F401  (the GGUF converter: the models extra)
-    except ImportError:
-        pytest.skip("the SmolLM2 preset needs the models extra")
-    from distill.serve.cli import load_app, resolve_model
+def smol_server(smollm2_folder):
+    """``distill-serve-teacher`` on loopback with small limits, so each refusal is cheap to provoke.
+
+    ``smollm2_folder`` (tests/conftest.py) converts the GGUF file once per session (or skips without
+    the wheel); the preset below resolves to that same folder in the session's cache.
+    """
+    from distill.serve.cli import load_app
     from distill.serve.errors import ServeLimits
     from distill.serve.http import serve
 
-    try:
-        resolve_model(PRESET)
-    except Exception as e:  # noqa: BLE001 - no wheel and no cache: skip, not fail
-        pytest.skip(f"SmolLM2 is not available here: {e}")
     app = load_app(PRESET, limits=ServeLimits(max_queue=2, max_batch=4, max_tokens=64, max_prompt_tokens=512,
                                               max_request_tokens=1024, max_prompts=8, max_body_bytes=20_000))
     import torch

@@ -74,7 +74,7 @@ def run_settings(source: CompletionSource, benchmark: Benchmark, settings: Gener
     }
 
 
-def _read_jsonl(path: Path) -> list[dict]:
+def _records_if_any(path: Path) -> list[dict]:
     """Rows of a result file; a torn last line (killed mid-write) is dropped, not fatal."""
     return read_jsonl(path, tolerate_torn_tail=True) if path.exists() else []
 
@@ -138,9 +138,9 @@ def evaluate_model(source: CompletionSource, benchmark: Benchmark, settings: Gen
         style = source.style
     stop = settings.stop if settings.stop is not None else benchmark.stop
     tasks = benchmark.tasks
-    done = {r["task_id"]: r for r in _read_jsonl(run.results)}
+    done = {r["task_id"]: r for r in _records_if_any(run.results)}
     generated: dict[str, dict[int, dict]] = {}
-    for row in _read_jsonl(run.generations):
+    for row in _records_if_any(run.generations):
         generated.setdefault(row["task_id"], {})[int(row["sample"])] = row
     pending = [t for t in tasks if t.task_id not in done]
     resumed = len(tasks) - len(pending)

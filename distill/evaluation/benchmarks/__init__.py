@@ -20,14 +20,14 @@ from distill.evaluation.benchmarks.jsonl import JsonlBenchmark, load_jsonl_bench
 from distill.evaluation.benchmarks.mbpp import (MBPP, MBPP_CHAT, MBPP_HF_IDS, MBPP_SANITIZED_IDS,
                                                 MBPP_SPLITS, MBPP_STOP, load_mbpp,
                                                 mbpp_entry_point, mbpp_prompt)
-from distill.evaluation.benchmarks.task import Benchmark, BenchmarkSpec, Task, read_jsonl
+from distill.evaluation.benchmarks.task import Benchmark, BenchmarkSpec, Task, read_benchmark_rows
 
 __all__ = ["APPS", "APPS_CHAT", "APPS_DIFFICULTIES", "APPS_HF_ID", "APPS_SAMPLE", "APPS_STOP",
            "Benchmark", "BenchmarkSpec", "HUMANEVAL_CHAT", "HUMANEVAL_STOP", "HumanEval",
            "JsonlBenchmark", "MBPP", "MBPP_CHAT", "MBPP_HF_IDS", "MBPP_SANITIZED_IDS",
            "MBPP_SPLITS", "MBPP_STOP", "Task", "apps_prompt", "humaneval_path", "load_apps",
            "load_benchmark", "load_humaneval", "load_jsonl_benchmark", "load_mbpp",
-           "mbpp_entry_point", "mbpp_prompt", "read_jsonl"]
+           "mbpp_entry_point", "mbpp_prompt", "read_benchmark_rows"]
 
 
 def load_benchmark(node: Mapping[str, Any]) -> Benchmark:

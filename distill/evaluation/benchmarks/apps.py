@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from distill.config import ConfigError
-from distill.evaluation.benchmarks.task import Benchmark, BenchmarkSpec, Task, _require, read_jsonl
+from distill.evaluation.benchmarks.task import Benchmark, BenchmarkSpec, Task, _require, read_benchmark_rows
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ def load_apps(source: str | Path = APPS_HF_ID, split: str = "test",
     if path.suffix == ".jsonl" or path.exists():
         if not path.exists():
             raise FileNotFoundError(f"benchmark.path: {path} does not exist")
-        rows, origin = read_jsonl(path), str(path)
+        rows, origin = read_benchmark_rows(path), str(path)
     else:
         rows, origin = _load_apps_hf(str(source), split), f"{source} ({split})"
     wanted = set(difficulties or ())

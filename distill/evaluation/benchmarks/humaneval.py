@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from distill.evaluation.benchmarks.task import Benchmark, BenchmarkSpec, Task, _require, read_jsonl
+from distill.evaluation.benchmarks.task import Benchmark, BenchmarkSpec, Task, _require, read_benchmark_rows
 
 # Stop sequences for completion-style (base) models. HumanEval: Codex paper, section 2.3.
 # MBPP: the bigcode-evaluation-harness list (no "\ndef": MBPP solutions may define helpers).
@@ -37,7 +37,7 @@ def load_humaneval(path: str | Path | None = None, chat_template: str | None = N
                    stop: Sequence[str] | None = None) -> Benchmark:
     path = Path(path) if path else humaneval_path()
     tasks = []
-    for i, row in enumerate(read_jsonl(path)):
+    for i, row in enumerate(read_benchmark_rows(path)):
         _require(row, ("task_id", "prompt", "test", "entry_point"), f"{path} row {i}")
         tasks.append(Task(
             task_id=row["task_id"], prompt=row["prompt"], test=row["test"],

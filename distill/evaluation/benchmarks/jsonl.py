@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from distill.evaluation.benchmarks.task import Benchmark, BenchmarkSpec, Task, read_jsonl
+from distill.evaluation.benchmarks.task import Benchmark, BenchmarkSpec, Task, read_benchmark_rows
 
 
 def load_jsonl_benchmark(path: str | Path, name: str | None = None,
@@ -28,7 +28,7 @@ def load_jsonl_benchmark(path: str | Path, name: str | None = None,
 
     tasks = []
     path = Path(path)
-    for i, row in enumerate(read_jsonl(path)):
+    for i, row in enumerate(read_benchmark_rows(path)):
         where = f"{path} row {i}"
         for key in ("task_id", "prompt"):
             if get(row, key) is None:

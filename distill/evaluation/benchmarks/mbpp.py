@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from distill.config import ConfigError
-from distill.evaluation.benchmarks.task import Benchmark, BenchmarkSpec, Task, _require, read_jsonl
+from distill.evaluation.benchmarks.task import Benchmark, BenchmarkSpec, Task, _require, read_benchmark_rows
 
 # Stop sequences for completion-style (base) models: the bigcode-evaluation-harness list (no
 # "\ndef": MBPP solutions may define helpers).
@@ -128,7 +128,7 @@ def load_mbpp(source: str | Path = "google-research-datasets/mbpp", subset: str 
         if path.suffix == ".json":
             rows = json.loads(path.read_text(encoding="utf-8"))
         else:
-            rows = read_jsonl(path)
+            rows = read_benchmark_rows(path)
         where = str(path)
     elif source_str in MBPP_HF_IDS or "/" in source_str and not path.suffix:
         rows = _load_mbpp_hf(source_str, subset, split)

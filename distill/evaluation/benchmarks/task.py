@@ -23,7 +23,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from distill.config import ConfigError
 from distill.evaluation.stdio import case_program
-from distill.jsonl import read_jsonl as _read_jsonl
+from distill.jsonl import read_jsonl
 
 
 @dataclass
@@ -166,12 +166,12 @@ class BenchmarkSpec:
 
 
 # ------------------------------------------------------------------------------------ reading
-def read_jsonl(path: str | Path) -> list[dict]:
+def read_benchmark_rows(path: str | Path) -> list[dict]:
     """Rows of a ``.jsonl`` or ``.jsonl.gz``; an error names the file and the line."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"benchmark file not found: {path}")
-    return _read_jsonl(path)
+    return read_jsonl(path)
 
 
 def _require(row: Mapping, keys: Iterable[str], where: str) -> None:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from distill.evaluation.settings import GenerationResult
 from distill.evaluation.sources.base import CompletionSource, Role, name_from_path
+from distill.jsonl import iter_jsonl
 
 ANSWER_TEXT_FIELDS = ("completion", "response", "answer", "output", "text", "content")
 
@@ -58,26 +58,19 @@ class AnswersSource(CompletionSource):
         self.by_id = {}
         id_key, prompt_key = fields.get("task_id", "task_id"), fields.get("prompt", "prompt")
         text_key = fields.get("text")
-        with self.path.open(encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise ValueError(f"{self.path}:{lineno}: not valid JSON ({exc.msg})") from None
-                key = text_key or next((k for k in ANSWER_TEXT_FIELDS if k in row), None)
-                if key is None or key not in row:
-                    raise KeyError(f"{self.path}:{lineno}: no answer field (looked for "
-                                   f"{[text_key] if text_key else list(ANSWER_TEXT_FIELDS)}); "
-                                   f"set model.answers_fields.text")
-                answers = row[key] if isinstance(row[key], list) else [row[key]]
-                if row.get(id_key) is not None:
-                    self.by_id.setdefault(str(row[id_key]), []).extend(answers)
-                elif row.get(prompt_key) is not None:
-                    self.by_prompt.setdefault(str(row[prompt_key]).strip(), []).extend(answers)
-                else:
-                    raise KeyError(f"{self.path}:{lineno}: needs {id_key!r} or {prompt_key!r}")
+        for lineno, row in iter_jsonl(self.path):  # the one JSONL reader: errors name the line
+            key = text_key or next((k for k in ANSWER_TEXT_FIELDS if k in row), None)
+            if key is None or key not in row:
+                raise KeyError(f"{self.path}:{lineno}: no answer field (looked for "
+                               f"{[text_key] if text_key else list(ANSWER_TEXT_FIELDS)}); "
+                               f"set model.answers_fields.text")
+            answers = row[key] if isinstance(row[key], list) else [row[key]]
+            if row.get(id_key) is not None:
+                self.by_id.setdefault(str(row[id_key]), []).extend(answers)
+            elif row.get(prompt_key) is not None:
+                self.by_prompt.setdefault(str(row[prompt_key]).strip(), []).extend(answers)
+            else:
+                raise KeyError(f"{self.path}:{lineno}: needs {id_key!r} or {prompt_key!r}")
 
     def generate(self, requests, settings, stop, style: str = "chat",
                  raw_prompts: Sequence[str] | None = None, **kwargs) -> GenerationResult:

@@ -62,7 +62,17 @@ def as_result(out, owner: str) -> PerToken | Reduced:
 
 
 def _rows(x: torch.Tensor, mask: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
-    """``x (B, L, ...)`` with every position where ``mask (B, L)`` is False set to ``fill``."""
+    """``x (B, L, ...)`` with every position where ``mask (B, L)`` is False set to ``fill``, when
+    one of those rows is not finite; ``x`` itself otherwise.
+
+    Only a NaN or inf at a masked position can reach a gradient (the combiner's ``torch.where``
+    zeroes finite values there, value and gradient). The masked rows are few (a prompt, padding,
+    each row's last position), so reading just them costs a gather, where rewriting the whole
+    ``(B, L, V)`` tensor on every step cost the default step about 5% of its time.
+    """
+    off = ~mask
+    if not bool(off.any()) or bool(torch.isfinite(x[off]).all()):
+        return x
     return torch.where(mask.view(*mask.shape, *([1] * (x.dim() - mask.dim()))), x, fill)
 
 

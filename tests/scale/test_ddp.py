@@ -72,7 +72,9 @@ def one_process(ranks: list[dict], out) -> dict:
     trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=1, val_check_interval=1, check_val_every_n_epoch=None,
                         num_sanity_val_steps=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, callbacks=[capture])
-    trainer.fit(module, datamodule=OneBatch(batch, val))
+    one = OneBatch(batch, val)
+    one.tokenizer = parts.tokenizer  # validation reads it for val/bpb, as from the DistillDataModule on the ranks
+    trainer.fit(module, datamodule=one)
     return {**capture.record, "batch": batch, "module": module, "rank_batches": [r["batch"] for r in ranks],
             "val": {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}}
 

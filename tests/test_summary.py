@@ -15,7 +15,10 @@ def test_gap_closed_formula():
 
 
 def test_summary_trains_the_baseline_once_and_reports(tiny_cfg, tmp_path, capsys, caplog, distill_cache):
-    cfg = tiny_cfg("summary.enabled=true", output_dir=tmp_path / "a")
+    # a seed no other test uses: CE-only baselines are keyed without the teacher, so another tiny run
+    # of the session may already have trained the default seed's one
+    before = set((distill_cache / "baselines").glob("*/metrics.json"))
+    cfg = tiny_cfg("summary.enabled=true", "seed=11", output_dir=tmp_path / "a")
     with caplog.at_level("WARNING", logger="distill.baseline"):
         metrics = pipeline.run(cfg)
     out = capsys.readouterr().out
@@ -27,7 +30,8 @@ def test_summary_trains_the_baseline_once_and_reports(tiny_cfg, tmp_path, capsys
     assert summary["baseline"]["loss"] == pytest.approx(metrics["summary/baseline_loss"])
     assert summary["student"]["loss"] == pytest.approx(metrics["val/loss"])
     assert summary["teacher"]["loss"] == pytest.approx(metrics["val/teacher_loss"])
-    baselines = list((distill_cache / "baselines").glob("*/metrics.json"))
+    # exactly one baseline trained by this run (the session cache holds other tests' baselines too)
+    baselines = sorted(set((distill_cache / "baselines").glob("*/metrics.json")) - before)
     assert len(baselines) == 1
     # the baseline keeps its curve, and the run draws both curves and the teacher level
     assert [r for r in read_metrics(baselines[0].parent) if "val/loss" in r]
@@ -36,8 +40,8 @@ def test_summary_trains_the_baseline_once_and_reports(tiny_cfg, tmp_path, capsys
     assert "WARNING" in out
 
     # a second run with another loss reuses the cached baseline (no new baseline dir)
-    pipeline.run(tiny_cfg("summary.enabled=true", "loss=jsd", output_dir=tmp_path / "b"))
-    assert list((distill_cache / "baselines").glob("*/metrics.json")) == baselines
+    pipeline.run(tiny_cfg("summary.enabled=true", "seed=11", "loss=jsd", output_dir=tmp_path / "b"))
+    assert sorted(set((distill_cache / "baselines").glob("*/metrics.json")) - before) == baselines
 
 
 def test_summary_plot_with_a_baseline_that_kept_only_its_final_value(tiny_cfg, tmp_path):

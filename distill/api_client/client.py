@@ -62,20 +62,25 @@ class FatalAPIError(RuntimeError):
 NO_KEY = "no-key-needed-on-loopback"
 
 
-def is_loopback(base_url: str | None) -> bool:
-    """True for a ``base_url`` on this machine (127.0.0.0/8, ::1, localhost): no key is needed there."""
-    if not base_url:
-        return False
+def is_loopback_host(host: str) -> bool:
+    """True for a host on this machine (127.0.0.0/8, ::1, localhost)."""
     import ipaddress
-    from urllib.parse import urlparse
 
-    host = urlparse(base_url).hostname or ""
     if host == "localhost":
         return True
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def is_loopback(base_url: str | None) -> bool:
+    """True for a ``base_url`` on this machine: no key is needed there."""
+    if not base_url:
+        return False
+    from urllib.parse import urlparse
+
+    return is_loopback_host(urlparse(base_url).hostname or "")
 
 
 def api_key_from_env(env: str = API_KEY_ENV, base_url: str | None = None) -> str:

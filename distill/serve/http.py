@@ -11,13 +11,13 @@ no key configured only a loopback bind is allowed; with one, every POST needs
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import json
 import logging
 import threading
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from distill.api_client.client import is_loopback_host
 from distill.serve import protocol
 from distill.serve.batcher import Batcher
 from distill.serve.chat import ChatModel
@@ -25,15 +25,6 @@ from distill.serve.errors import BadRequest, NotFound, ServeError, ServeLimits, 
 from distill.serve.scoring import Scorer, model_context
 
 log = logging.getLogger(__name__)
-
-
-def is_loopback_host(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 @dataclass

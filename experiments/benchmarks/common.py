@@ -132,3 +132,40 @@ def reset_peak_rss() -> bool:
         return True
     except OSError:
         return False
+
+
+def hand_loop(student, teacher, loader, total: int, clock: StepClock, lr: float, wd: float, betas, warmup: int,
+              clip: float) -> None:
+    """The hand-written PyTorch KD loop every throughput benchmark compares against: student
+    forward, teacher forward under no_grad, ``F.kl_div`` over log-softmaxes (forward KL, T = 1,
+    mean over target tokens), backward, clip, AdamW step, warmup + cosine; no logging.
+    ``loader()`` gives a fresh epoch's batches."""
+    import torch.nn.functional as F
+
+    from distill.optim import warmup_cosine
+
+    opt = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=wd, betas=betas)
+    sched = warmup_cosine(opt, total, warmup)
+    step = 0
+    clock.tick()
+    while step < total:
+        for batch in loader():
+            targets = F.pad(batch["labels"][:, 1:], (0, 1), value=-100)
+            mask = targets != -100
+            # use_cache=False: training needs no KV cache (distill and TRL's trainer do not build one)
+            s = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+            with torch.no_grad():
+                t = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                            use_cache=False).logits
+            kl = F.kl_div(F.log_softmax(s.float(), -1), F.log_softmax(t.float(), -1), reduction="none",
+                          log_target=True).sum(-1)
+            loss = kl[mask].sum() / mask.sum().clamp_min(1)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(student.parameters(), clip)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            sched.step()
+            clock.tick()
+            step += 1
+            if step >= total:
+                break

@@ -50,7 +50,7 @@ from pathlib import Path
 
 import torch
 
-from common import REPO, StepClock, compose, fit_timed, machine, median, trl_tick  # noqa: E402  (sets sys.path)
+from common import REPO, StepClock, compose, fit_timed, hand_loop, machine, median, trl_tick  # noqa: E402  (sets sys.path)
 
 LR, WD, BETAS, WARMUP, CLIP = 3e-3, 0.1, (0.9, 0.95), 30, 1.0
 
@@ -115,36 +115,7 @@ class Setup:
 
 # ----------------------------------------------------------------------------- methods
 def run_minimal(setup: Setup, total: int, clock: StepClock) -> None:
-    import torch.nn.functional as F
-
-    from distill.optim import warmup_cosine
-
-    student, teacher = setup.student(), setup.teacher()
-    opt = torch.optim.AdamW(student.parameters(), lr=LR, weight_decay=WD, betas=BETAS)
-    sched = warmup_cosine(opt, total, WARMUP)
-    step = 0
-    clock.tick()
-    while step < total:
-        for batch in setup.loader():
-            targets = F.pad(batch["labels"][:, 1:], (0, 1), value=-100)
-            mask = targets != -100
-            # use_cache=False: training needs no KV cache (distill and TRL's trainer do not build one)
-            s = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
-            with torch.no_grad():
-                t = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                            use_cache=False).logits
-            kl = F.kl_div(F.log_softmax(s.float(), -1), F.log_softmax(t.float(), -1), reduction="none",
-                          log_target=True).sum(-1)
-            loss = kl[mask].sum() / mask.sum().clamp_min(1)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(student.parameters(), CLIP)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            sched.step()
-            clock.tick()
-            step += 1
-            if step >= total:
-                break
+    hand_loop(setup.student(), setup.teacher(), setup.loader, total, clock, LR, WD, BETAS, WARMUP, CLIP)
 
 
 def run_distill(setup: Setup, total: int, clock: StepClock, extra: list[str] | None = None) -> None:

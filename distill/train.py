@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from distill.build import Components, build_components
 from distill.config import instantiate
+from distill.host_memory import keep_freed_memory
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,8 @@ def fit(cfg: DictConfig) -> Fitted:
     L.seed_everything(cfg.seed, workers=True)
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
+    if cfg.get("keep_freed_memory", True):
+        keep_freed_memory()
     t0 = time.time()
     parts = build_components(cfg)
     trainer: L.Trainer = instantiate(cfg.trainer, "trainer", callbacks=_callbacks(cfg), logger=_loggers(cfg) or False)

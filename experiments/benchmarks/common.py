@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import resource
 import statistics
 import sys
 import time
@@ -58,11 +59,13 @@ class StepClock:
     """
 
     def __init__(self):
-        self.stamps: dict[str, list[float]] = {"wall": [], "cpu": []}
+        self.stamps: dict[str, list[float]] = {"wall": [], "cpu": [], "faults": []}
 
     def tick(self) -> None:
         self.stamps["wall"].append(time.perf_counter())
         self.stamps["cpu"].append(time.process_time())
+        # minor page faults: memory the allocator handed back to the OS and takes again
+        self.stamps["faults"].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt)
 
     def durations(self, skip: int, clock: str = "wall") -> list[float]:
         """Step times after the first ``skip`` steps (warm-up: allocator, caches, lazy inits)."""
@@ -79,6 +82,7 @@ def fit_timed(cfg, clock: StepClock, on_step=None, callbacks=()):
 
     from distill.build import build_components
     from distill.config import instantiate
+    from distill.host_memory import keep_freed_memory
 
     class Tick(L.Callback):
         def on_train_start(self, trainer, pl_module):
@@ -90,6 +94,8 @@ def fit_timed(cfg, clock: StepClock, on_step=None, callbacks=()):
                 on_step(trainer)
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
+    if cfg.get("keep_freed_memory", True):  # as distill.train.fit does (process-wide from here on)
+        keep_freed_memory()
     parts = build_components(cfg).load()
     trainer = instantiate(cfg.trainer, "trainer", callbacks=[Tick(), *callbacks], logger=False,
                           enable_checkpointing=False)

@@ -32,6 +32,12 @@ on a quiet or dedicated machine). The table reports the median over all steps, a
 methods by the median over rounds of their within-round step-time ratios. Checks: distill >=
 TRL, and distill's overhead over the hand-written loop <= 5%; a missed target is printed as MISS
 with the measured figures.
+
+Allocator: ``distill-train`` keeps the memory a step frees in the process (``keep_freed_memory``,
+``distill/host_memory.py``); without it glibc hands the step's freed logits back to the OS and the
+next step page-faults them in again. The setting is process-wide, so ``--allocator keep`` (the
+default) sets it once before every method, the loop and TRL included; ``--allocator default``
+leaves glibc's trimming on for all of them. The ``faults`` column counts minor page faults per step.
 """
 
 from __future__ import annotations
@@ -59,13 +65,13 @@ LR, WD, BETAS, WARMUP, CLIP = 3e-3, 0.1, (0.9, 0.95), 30, 1.0
 class Setup:
     """Config, tokenizer, examples, teacher path: built once, shared by every method."""
 
-    def __init__(self, batch_size: int, seq_len: int, seed: int, out: Path):
+    def __init__(self, batch_size: int, seq_len: int, seed: int, out: Path, extra: list[str] = ()):
         from distill.build import build_checked
 
         self.out, self.seed, self.batch_size = out, seed, batch_size
         self.overrides = [f"seed={seed}", f"data.batch_size={batch_size}", f"data.seq_len={seq_len}",
                           "logger=none", "callbacks=none", "summary.enabled=false", "export.enabled=false",
-                          "trainer.limit_val_batches=0", "trainer.enable_model_summary=false"]
+                          "trainer.limit_val_batches=0", "trainer.enable_model_summary=false", *extra]
         cfg = compose("train", self.overrides, out / "probe")
         checked = build_checked(cfg)
         self.tokenizer = checked.tokenizer
@@ -214,6 +220,9 @@ def main() -> None:
     ap.add_argument("--clock", choices=["cpu", "wall"], default="cpu",
                     help="compare by CPU time of the process (robust to other jobs' load) or wall time")
     ap.add_argument("--methods", nargs="+", default=["minimal", "distill", "distill_fused", "distill_cached", "trl"])
+    ap.add_argument("--allocator", choices=["keep", "default"], default="keep",
+                    help="keep: glibc keeps freed memory (distill-train's keep_freed_memory, set once for every "
+                         "method, the loop and TRL included); default: glibc's own trimming, for all methods")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None, help="also write the results here")
     args = ap.parse_args()
@@ -225,9 +234,14 @@ def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.allocator == "keep":
+        from distill.host_memory import keep_freed_memory
+
+        args.allocator = "keep (applied)" if keep_freed_memory() else "keep (not glibc: nothing set)"
     out = Path(tempfile.mkdtemp(prefix="distill-throughput-"))
     try:
-        setup = Setup(args.batch_size, args.seq_len, args.seed, out)
+        setup = Setup(args.batch_size, args.seq_len, args.seed, out,
+                      extra=["keep_freed_memory=false"] if args.allocator == "default" else [])
         total = args.warmup + args.steps
         methods = {"minimal": partial(run_minimal, setup), "distill": partial(run_distill, setup),
                    "distill_fused": partial(run_distill, setup, extra=["loss=kd_fused"]),
@@ -238,6 +252,7 @@ def main() -> None:
                 "experiment=stdlib_cached", f"teacher.path={cache}"])
         times: dict[str, list[float]] = {m: [] for m in args.methods}
         walls: dict[str, list[float]] = {m: [] for m in args.methods}
+        faults: dict[str, list[float]] = {m: [] for m in args.methods}
         per_round: list[dict[str, float]] = []
         start_load = os.getloadavg()[0]
         for r in range(args.rounds):
@@ -249,18 +264,20 @@ def main() -> None:
                 w = clock.durations(args.warmup, "wall")
                 times[m].extend(d)
                 walls[m].extend(w)
+                faults[m].extend(clock.durations(args.warmup, "faults"))
                 per_round[-1][m] = median(d)
                 print(f"round {r + 1}/{args.rounds} {m:<15} median step {median(d):.3f} s ({args.clock}), "
                       f"{median(w):.3f} s (wall) over {len(d)} steps", flush=True)
                 gc.collect()
         costs = loss_costs(setup)
-        report(args, setup, times, walls, per_round, start_load, costs)
+        report(args, setup, times, walls, per_round, start_load, costs, faults)
     finally:
         shutil.rmtree(out, ignore_errors=True)
 
 
 def report(args, setup: Setup, times: dict[str, list[float]], walls: dict[str, list[float]],
-           per_round: list[dict[str, float]], start_load: float, costs: dict[str, float]) -> None:
+           per_round: list[dict[str, float]], start_load: float, costs: dict[str, float],
+           faults: dict[str, list[float]]) -> None:
     med = {m: median(t) for m, t in times.items()}
 
     def ratio(a: str, b: str) -> float:
@@ -276,19 +293,21 @@ def report(args, setup: Setup, times: dict[str, list[float]], walls: dict[str, l
           f"4x256, V={len(setup.tokenizer)}, forward KL, fp32 ({args.rounds} interleaved rounds x {args.steps} "
           f"timed steps, median; clock: {args.clock})")
     print(f"machine: {machine()} (load avg at start {start_load:.1f}, at end {os.getloadavg()[0]:.1f})")
-    print(f"teacher: {setup.teacher_source}")
-    print(f"{'method':<36}{'step s':>9}{'tokens/s':>10}{'vs loop':>10}{'vs TRL':>9}{'IQR s':>14}{'wall s':>9}")
+    print(f"teacher: {setup.teacher_source}; allocator: {args.allocator}")
+    print(f"{'method':<36}{'step s':>9}{'tokens/s':>10}{'vs loop':>10}{'vs TRL':>9}{'IQR s':>14}{'wall s':>9}"
+          f"{'faults':>9}")
     for m in times:
         t = sorted(times[m])
         iqr = f"{t[len(t) // 4]:.3f}-{t[(3 * len(t)) // 4]:.3f}" if t else "-"
         vs_loop = f"{100 * (ratio(m, 'minimal') - 1):+.1f}%" if "minimal" in med else "-"
         vs_trl = f"{1 / ratio(m, 'trl'):.2f}x" if "trl" in med else "-"
         print(f"{labels.get(m, m):<36}{med[m]:>9.3f}{tps[m]:>10.0f}{vs_loop:>10}{vs_trl:>9}{iqr:>14}"
-              f"{median(walls[m]):>9.3f}")
+              f"{median(walls[m]):>9.3f}{median(faults[m]):>9.0f}")
     print(f"(step s, tokens/s: median over all timed steps, {args.clock} clock"
           + (": CPU seconds of the process per step, so tokens per CPU-second" if args.clock == "cpu" else "")
           + "; vs loop: step-time overhead over the hand-written loop, vs TRL: throughput relative to TRL, both "
-          "the median over rounds of within-round ratios; wall s: median wall-clock step)")
+          "the median over rounds of within-round ratios; wall s: median wall-clock step; faults: median minor page "
+          "faults per step)")
     print("per round (median step s): " + "; ".join(
         f"{i + 1}: " + ", ".join(f"{m} {v:.3f}" for m, v in r.items()) for i, r in enumerate(per_round)))
     print("loss alone, forward+backward on one step's logits (median CPU time): " + "; ".join(
@@ -304,13 +323,15 @@ def report(args, setup: Setup, times: dict[str, list[float]], walls: dict[str, l
             checks.append((f"{labels[m]} throughput >= TRL's: {rel:.2f}x", rel >= 1.0))
     for text, ok in checks:
         print(f"{'PASS' if ok else 'MISS'}  {text}")
-    if "distill" in med and "minimal" in med and ratio("distill", "minimal") >= 1.10:
-        print("why (default loss=kd): its weight-0 CE is computed only on the steps the loggers record, from the "
-              "student log-softmax the forward KL already formed; the rest is the module's per-step work around "
-              "the same ops (loss combiner, logged metrics). Breakdown by A/B runs: experiments/benchmarks/RESULTS.md.")
+    if "distill" in med and "minimal" in med and ratio("distill", "minimal") > 1.05:
+        extra = median(faults["distill"]) - median(faults["minimal"])
+        print(f"why, as far as this run shows: distill's step takes {extra:+.0f} page faults over the loop's"
+              + (" (memory glibc handed back to the OS at the end of the last step; --allocator keep, distill-train's "
+                 "default, keeps it)" if extra > 1000 else "")
+              + ". Breakdown by A/B runs and profiles: experiments/benchmarks/RESULTS.md.")
     if args.json:
         Path(args.json).write_text(json.dumps({"median_step_s": med, "tokens_per_s": tps, "times": times,
-                                               "wall_times": walls, "per_round": per_round, "loss_costs": costs,
+                                               "wall_times": walls, "faults": faults, "per_round": per_round, "loss_costs": costs,
                                                "machine": machine(), "args": vars(args)}, indent=2))
 
 

@@ -81,9 +81,10 @@ class DistillationModule(L.LightningModule):
         self.student = self.student_spec.build(attn_impl)
         fused = sorted(n for n, c in self.loss.components.items() if Need.STUDENT_LAST_HIDDEN in c.needs)
         if fused and self._skips_student_head(needs) and not head_is_plain_linear(self.student):
-            raise ValueError(f"the loss applies the student's output head itself (fused components {fused}), "
+            raise ValueError(f"the loss applies the student's output head itself (components {fused}), "
                              "but this student's logits are not a plain linear map of its last hidden state "
-                             "(soft-capping, scaling or a bias). Use loss=kd_chunked instead of loss=kd_fused.")
+                             "(soft-capping, scaling or a bias). Use loss=kd_chunked instead of loss=kd_fused; "
+                             "for loss=opd, add a component that reads the logits (e.g. a weight-0 CE).")
         self.teacher.load(attn_impl)
 
     @property

@@ -92,6 +92,36 @@ def group_normalize(reward: torch.Tensor, group: torch.Tensor, eps: float = 1e-4
     return dev / (std[inverse] + eps)
 
 
+# ----------------------------------------------------------------------------- token log-probs
+def selected_token_logprobs(x: torch.Tensor, head: torch.Tensor | None, targets: torch.Tensor,
+                            chunk_rows: int | None = None) -> torch.Tensor:
+    """``log softmax(z)[y]`` at the positions that carry a target, ``(B, L)`` (0 elsewhere), where
+    ``z`` is ``x`` itself (logits ``(B, L, V)``) or ``x @ head.T`` (final hidden states ``(B, L, D)``
+    and an output head ``(V, D)``). Differentiable in ``x`` and ``head``.
+
+    Why only there: on-policy batches are chat prompts plus a short answer, and only the answer's
+    tokens carry a target. Forming ``(B, L, V)`` logits and their log-softmax over the prompt too
+    (four to six times the answer's length on MBPP) was most of the student's and the teacher's
+    head cost (``experiments/benchmarks/RESULTS.md``). ``log p(y) = z_y - logsumexp(z)``, chunk by
+    chunk, so no ``(n, V)`` log-softmax is kept beyond what autograd needs.
+    """
+    mask = (targets != IGNORE).reshape(-1)
+    idx = mask.nonzero().squeeze(-1)
+    y = targets.reshape(-1).index_select(0, idx).long()
+    flat = x.reshape(-1, x.shape[-1]).index_select(0, idx)
+    v = x.shape[-1] if head is None else head.shape[0]
+    step = chunk_rows or max(1, (1 << 24) // max(v, 1))
+    parts = []
+    for a in range(0, idx.shape[0], step):
+        z = flat[a:a + step]
+        z = upcast(z if head is None else z.to(head.dtype) @ head.T)
+        parts.append(z.gather(-1, y[a:a + step, None]).squeeze(-1) - z.logsumexp(-1))
+    dtype = torch.promote_types(x.dtype if head is None else head.dtype, torch.float32)
+    vals = torch.cat(parts) if parts else torch.zeros(0, dtype=dtype, device=x.device)
+    out = torch.zeros(mask.shape[0], dtype=vals.dtype, device=x.device).index_copy(0, idx, vals)
+    return out.reshape(targets.shape)
+
+
 # ----------------------------------------------------------------------------- teacher side
 def sampled_token_logprobs(teacher, targets: torch.Tensor, vocab: int | None = None,
                            chunk_rows: int | None = None) -> torch.Tensor:
@@ -120,23 +150,12 @@ def sampled_token_logprobs(teacher, targets: torch.Tensor, vocab: int | None = N
         raise ValueError("a cross-tokenizer teacher's logits are over its own vocabulary, so the student's "
                          "sampled ids cannot index them: the teacher must fill sampled_logprobs (map its "
                          "per-token log-probs to the student's tokens with distill.data.byte_spans)")
-    if logits is not None or (h is not None and w is not None):
-        if logits is not None:
-            flat = logits.detach().reshape(-1, logits.shape[-1])
-            v = flat.shape[-1] if vocab is None else min(vocab, flat.shape[-1])
-            rows = lambda a, b: flat[a:b, :v]  # noqa: E731
-        else:
-            hw = w.detach() if vocab is None else w.detach()[:vocab]
-            flat_h, v = h.detach().reshape(-1, h.shape[-1]), hw.shape[0]
-            rows = lambda a, b: flat_h[a:b].to(hw.dtype) @ hw.T  # noqa: E731
-        flat_y = y.reshape(-1)
-        step = chunk_rows or max(1, (1 << 24) // v)
-        parts = []
-        for a in range(0, flat_y.shape[0], step):
-            z = upcast(rows(a, a + step))  # log p(y) = z_y - logsumexp(z): no (n, V) log-softmax kept
-            parts.append(z.gather(-1, flat_y[a:a + step, None]).squeeze(-1) - z.logsumexp(-1))
-        out = torch.cat(parts).reshape(targets.shape) if parts else torch.zeros(targets.shape)
-        return torch.where(mask, out, 0.0)
+    if logits is not None:
+        v = logits.shape[-1] if vocab is None else min(vocab, logits.shape[-1])
+        return selected_token_logprobs(logits.detach()[..., :v], None, targets, chunk_rows)
+    if h is not None and w is not None:
+        return selected_token_logprobs(h.detach(), w.detach() if vocab is None else w.detach()[:vocab], targets,
+                                       chunk_rows)
     if teacher.topk_logprobs is not None:
         if teacher.sampled:
             raise ValueError("an importance-sampled cache holds estimator weights, not the teacher's "
@@ -231,7 +250,10 @@ class OnPolicyDistillation(LossComponent):
         reward: :class:`RewardSettings` fields, or None (no reward).
     """
 
-    needs = frozenset({Need.STUDENT_LOGITS, Need.TEACHER_SAMPLED_LOGPROB})
+    # The student's final hidden states and head, not its logits: the loss forms logits only at the
+    # answer's positions (selected_token_logprobs). Another component that reads the logits makes
+    # the student produce them, and then they are read here as they are.
+    needs = frozenset({Need.STUDENT_LAST_HIDDEN, Need.TEACHER_SAMPLED_LOGPROB})
     # A served or cross-tokenizer teacher may bring only sampled log-probs (kind "none"); a teacher
     # that brings nothing fails at the first step, naming what is missing.
     teacher_kinds = frozenset(TeacherKind)
@@ -284,9 +306,15 @@ class OnPolicyDistillation(LossComponent):
 
     def terms(self, inputs: LossInputs) -> OPDTerms:
         mask = inputs.mask
-        lq_all = inputs.student_log_probs(1.0)  # shared with any CE of the step
-        lq = lq_all.gather(-1, inputs.targets.clamp_min(0).unsqueeze(-1)).squeeze(-1)
-        lp = sampled_token_logprobs(inputs.teacher, inputs.targets, vocab=lq_all.shape[-1]).to(lq.dtype)
+        student = inputs.student
+        if student.logits is not None:
+            lq_all = inputs.student_log_probs(1.0)  # shared with any CE of the step
+            lq = lq_all.gather(-1, inputs.targets.clamp_min(0).unsqueeze(-1)).squeeze(-1)
+            vocab = lq_all.shape[-1]
+        else:
+            lq = selected_token_logprobs(student.last_hidden, student.lm_head_weight, inputs.targets)
+            vocab = student.lm_head_weight.shape[0]
+        lp = sampled_token_logprobs(inputs.teacher, inputs.targets, vocab=vocab).to(lq.dtype)
         cur = lq.detach()
         kl = torch.where(mask, ESTIMATORS[self.estimator](cur, lp), 0.0)
         adv = -discounted_returns(kl, self.gamma)
@@ -314,4 +342,4 @@ class OnPolicyDistillation(LossComponent):
 
 
 __all__ = ["OnPolicyDistillation", "RewardSettings", "OPDTerms", "k1", "k3", "discounted_returns",
-           "group_normalize", "sampled_token_logprobs"]
+           "group_normalize", "sampled_token_logprobs", "selected_token_logprobs"]

@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 
 from distill.losses.functional import IGNORE_INDEX, log_probs, next_token_targets
+from distill.losses.opd import selected_token_logprobs
 from distill.types import Need
 
 
@@ -32,12 +33,19 @@ def behaviour_logprobs(module, batch: dict) -> torch.Tensor:
     targets = next_token_targets(batch["labels"])
     size = targets.shape[0]
     mbs = module.micro_batch_size or size
+    # as the loss will compute q_theta: from the head at the target positions when the loss asks for
+    # no logits (loss=opd alone), else from the full logits, so a reuse's first ratio is exactly 1
+    needs = frozenset({Need.STUDENT_LAST_HIDDEN}) if module._skips_student_head(module.loss.needs) else \
+        frozenset({Need.STUDENT_LOGITS})
     parts = []
     for start in range(0, size, mbs):
         micro = {k: batch[k][start:start + mbs] for k in ("input_ids", "attention_mask")}
-        logits = module.student_forward(micro, frozenset({Need.STUDENT_LOGITS})).logits
+        out = module.student_forward(micro, needs)
         y = targets[start:start + mbs]
-        parts.append(log_probs(logits).gather(-1, y.clamp_min(0).unsqueeze(-1)).squeeze(-1))
+        if out.logits is None:
+            parts.append(selected_token_logprobs(out.last_hidden, out.lm_head_weight, y))
+        else:
+            parts.append(log_probs(out.logits).gather(-1, y.clamp_min(0).unsqueeze(-1)).squeeze(-1))
     out = torch.cat(parts)
     return torch.where(targets != IGNORE_INDEX, out, torch.zeros((), dtype=out.dtype, device=out.device))
 

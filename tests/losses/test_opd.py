@@ -346,3 +346,47 @@ def test_tail_bucket_loss_equals_the_dense_loss_when_the_top_k_holds_all_the_mas
     assert out[0][0] > 0.05
     for dense, sparse in zip(*out):
         torch.testing.assert_close(sparse, dense, rtol=1e-10, atol=1e-10)
+
+
+# ----------------------------------------------------------------------------- the student's head at the answer only
+@pytest.mark.parametrize("chunk_rows", [None, 2])
+def test_selected_token_log_probs_equal_the_full_log_softmax_in_value_and_gradient(chunk_rows):
+    from distill.losses.opd import selected_token_logprobs
+
+    g = torch.Generator().manual_seed(3)
+    h = torch.randn(2, 5, 4, generator=g, dtype=F64, requires_grad=True)
+    w = torch.randn(V, 4, generator=g, dtype=F64, requires_grad=True)
+    y = torch.tensor([[-100, -100, 3, 7, -100], [-100, 1, 1, 11, 0]])
+    got = selected_token_logprobs(h, w, y, chunk_rows)
+    full = (h @ w.T).log_softmax(-1).gather(-1, y.clamp_min(0)[..., None]).squeeze(-1)
+    ref = torch.where(y != -100, full, 0.0)
+    assert got.dtype == F64 and torch.allclose(got, ref, atol=1e-12, rtol=0)
+    gh, gw = torch.autograd.grad((got * torch.arange(10, dtype=F64).reshape(2, 5)).sum(), (h, w))
+    rh, rw = torch.autograd.grad((ref * torch.arange(10, dtype=F64).reshape(2, 5)).sum(), (h, w))
+    assert torch.allclose(gh, rh, atol=1e-12) and torch.allclose(gw, rw, atol=1e-12)
+    assert torch.count_nonzero(gh[0, :2]) == 0  # prompt rows: no head formed, no gradient
+
+
+def test_opd_on_the_students_hidden_states_and_head_equals_opd_on_its_logits():
+    """loss=opd alone asks for the student's last hidden states and head (no (B, L, V) logits);
+    the value, the logs and the gradients equal the logits path's."""
+    g = torch.Generator().manual_seed(4)
+    h0 = torch.randn(2, 6, 5, generator=g, dtype=F64)
+    w0 = torch.randn(V, 5, generator=g, dtype=F64)
+    t = torch.randn(2, 6, V, generator=g, dtype=F64)
+    y = torch.tensor([[-100, -100, 2, 5, 9, -100], [-100, -100, -100, 4, 4, 1]])
+    old = torch.randn(2, 6, generator=g, dtype=F64) * 0.1 - 2.0
+    loss = DistillationLoss({"opd": OnPolicyDistillation()}, {"opd": 1.0})
+    assert loss.needs == {Need.STUDENT_LAST_HIDDEN, Need.TEACHER_SAMPLED_LOGPROB}
+    out = {}
+    for form in ("head", "logits"):
+        h, w = h0.clone().requires_grad_(), w0.clone().requires_grad_()
+        student = (StudentOutput(last_hidden=h, lm_head_weight=w) if form == "head"
+                   else StudentOutput(logits=h @ w.T))
+        value, logs = loss(student, TeacherOutput(logits=t), y, 0, batch={"old_logprobs": old})
+        value.backward()
+        out[form] = (value.detach(), {k: float(v) for k, v in logs.items()}, h.grad, w.grad)
+    (va, la, gha, gwa), (vb, lb, ghb, gwb) = out["head"], out["logits"]
+    assert torch.allclose(va, vb, atol=1e-12) and la.keys() == lb.keys()
+    assert all(abs(la[k] - lb[k]) < 1e-12 for k in la)
+    assert torch.allclose(gha, ghb, atol=1e-12) and torch.allclose(gwa, gwb, atol=1e-12)

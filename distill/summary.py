@@ -39,13 +39,19 @@ def _val(metrics: dict[str, float]) -> dict[str, float]:
     return {k[4:]: v for k, v in metrics.items() if k.startswith("val/")}
 
 
+def _ppl(x: float) -> str:
+    """Perplexity in at most 8 characters: a pruned student at initialisation reaches millions
+    (e^14.8 = 2.6e6), which ``.1f`` ran into the next column."""
+    return f"{x:.1f}" if x < 1e5 else f"{x:.2e}"
+
+
 def format_table(rows: list[tuple[str, dict]]) -> str:
-    lines = [f"{'model':<28}{'held-out CE':>12}{'ppl':>9}{'top-1 agree':>13}{'KL(T||S)':>10}",
-             "-" * 72]
+    lines = [f"{'model':<28}{'held-out CE':>12}{'ppl':>10}{'top-1 agree':>13}{'KL(T||S)':>10}",
+             "-" * 73]
     for name, m in rows:
         agree = f"{m['agreement']:.3f}" if "agreement" in m else "-"
         kl = f"{m['kl']:.3f}" if "kl" in m else "-"
-        lines.append(f"{name:<28}{m['loss']:>12.3f}{m['ppl']:>9.1f}{agree:>13}{kl:>10}")
+        lines.append(f"{name:<28}{m['loss']:>12.3f}{_ppl(m['ppl']):>10}{agree:>13}{kl:>10}")
     return "\n".join(lines)
 
 

@@ -84,3 +84,19 @@ def test_a_negative_gap_closure_prints_a_warning():
     assert "WARNING: distillation made the student worse than training on labels alone (0.078 nats)" in s.text
     good = summarize(_m(3.730, teacher=3.379), _m(4.036), steps=600)
     assert "WARNING" not in good.text and "distillation closed 46.6%" in good.text
+
+
+def test_table_columns_stay_apart_for_huge_perplexities():
+    import math
+
+    from distill.summary import format_table
+
+    rows = [("student at initialisation", {"loss": 14.755, "ppl": math.exp(14.755)}),
+            ("teacher", {"loss": 2.1, "ppl": math.exp(2.1), "agreement": 1.0, "kl": 0.0})]
+    lines = format_table(rows).splitlines()
+    header = lines[0]
+    for line in lines[2:]:
+        cells = line[28:].split()
+        assert len(cells) == 4, line  # CE, ppl, agreement, KL: never run together
+        assert len(line) == len(header)
+    assert "2.56e+06" in lines[2] and "8.2" in lines[3]

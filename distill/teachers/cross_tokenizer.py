@@ -211,7 +211,8 @@ class CrossTokenizerTeacher(Teacher):
     Args:
         teacher: the online teacher (e.g. an :class:`~distill.teachers.hf.HFTeacher` whose model
             was trained with ``tokenizer``).
-        tokenizer: the teacher's tokenizer folder / hub id; None with ``tokenizer_build``: the
+        tokenizer: the teacher's tokenizer folder / hub id; None: the wrapped model's own (its
+            folder, or an installed GGUF file's converted folder); None with ``tokenizer_build``: the
             byte-level BPE that build describes (trained on first use, as the student's is).
         tokenizer_build: as ``student.tokenizer_build``, with ``corpus: stdlib`` (the teacher's
             tokenizer cannot follow the run's data before the data is loaded).
@@ -225,7 +226,7 @@ class CrossTokenizerTeacher(Teacher):
         if not isinstance(teacher, Teacher) or teacher.kind != TeacherKind.FULL:
             raise ValueError("teacher.teacher must be an online teacher (full logits, e.g. distill.teachers.hf.HFTeacher); "
                              "a cached teacher stores top-k rows of the student's tokenization and cannot be re-aligned")
-        if tokenizer is None and not tokenizer_build:
+        if tokenizer is None and not tokenizer_build and getattr(teacher, "spec", None) is None:
             raise ValueError("teacher.tokenizer: the teacher's own tokenizer (a folder or hub id), or "
                              "teacher.tokenizer_build to train one")
         if tokenizer_build and tokenizer_build.get("corpus", "stdlib") != "stdlib":
@@ -240,7 +241,11 @@ class CrossTokenizerTeacher(Teacher):
         if self._tok is None:
             from distill.data.tokenizer import load_tokenizer
 
-            self._tok = load_tokenizer(self._tokenizer_name, self._build)
+            name = self._tokenizer_name
+            if name is None and not self._build:
+                # the wrapped model's own (an installed GGUF's converted folder: known only once converted)
+                name = self.teacher.spec.tokenizer
+            self._tok = load_tokenizer(name, self._build, key="teacher.tokenizer")
         return self._tok
 
     def info(self) -> ModelInfo | None:

@@ -63,7 +63,7 @@ MIB = 1 << 20
 BASE = ["logger=none", "callbacks=none", "summary.enabled=false", "summary.baseline=false", "export.enabled=false",
         "trainer.limit_val_batches=0", "trainer.enable_model_summary=false", "validate_at_start=false"]
 # What the online run copies from experiment=smollm2_prune (the rest is checked equal in Setup).
-FROM_EXPERIMENT = ["data.seq_len", "data.batch_size", "data.max_val_examples", "data.source.max_chars",
+FROM_EXPERIMENT = ["data.seed", "data.seq_len", "data.batch_size", "data.max_val_examples", "data.source.max_chars",
                    "trainer.log_every_n_steps", "trainer.val_check_interval", "student.depth.method",
                    "student.depth.num_layers",
                    "student.calibration_examples", "module.optimizer.lr", "module.optimizer.weight_decay",
@@ -84,7 +84,7 @@ def configs(out: Path, seed: int, total: int, cache: str = "whole", fused: bool 
     cached = compose("train", cached_over, out / "cached")
     online = compose("train", [*common, "teacher=smollm2-135m-instruct", "student=pruned",
                                "loss=kd_fused" if fused else "loss=kd",
-                               *(f"{k}={OmegaConf.select(cached, k)}" for k in FROM_EXPERIMENT)], out / "online")
+                               *(f"++{k}={OmegaConf.select(cached, k)}" for k in FROM_EXPERIMENT)], out / "online")
     # Composed last, so its Hydra choices stay registered: the cache is filed under the preset's name
     # (teacher@teacher.write_with), i.e. the folder distill-train experiment=smollm2_prune uses.
     return online, compose("train", cached_over, out / "cached")

@@ -74,6 +74,17 @@ def test_chat_template_models_get_chat_prompts(tiny_chat_model_dir):
         HFSource(src.model, _no_template(src.tokenizer), "cpu", chat=True)
 
 
+def test_system_prompt_precedes_every_chat_prompt_and_keys_the_results(tiny_chat_model_dir):
+    plain = hf(tiny_chat_model_dir)
+    system = hf(tiny_chat_model_dir, system_prompt="Answer with code only.")
+    assert "Answer with code only." in system.format("solve it", "chat")
+    assert "Answer with code only." not in plain.format("solve it", "chat")
+    assert system.format("solve it", "chat").endswith(plain.format("solve it", "chat"))
+    # another system prompt is other settings: a rerun in the same output folder must not reuse answers
+    assert LocalModel(path="m", system_prompt="x").settings() != LocalModel(path="m").settings()
+    assert LocalModel(path="m").settings() == LocalModel(path="m", system_prompt="").settings()
+
+
 def _no_template(tok):
     import copy
 

@@ -113,6 +113,19 @@ def test_cross_tokenizer_teacher_needs_an_online_teacher_and_a_tokenizer():
                               tokenizer_build={"corpus": "data", "vocab_size": 8})
 
 
+def test_cross_tokenizer_teacher_reads_with_its_models_own_tokenizer_by_default(tmp_path):
+    # teacher.tokenizer=null: the wrapped model's folder (for an installed GGUF, its converted folder,
+    # known only once converted), not an error
+    from distill.models import ModelSpec
+    from distill.teachers.hf import HFTeacher
+    from tests.evaluation.conftest import save_tiny_model
+
+    folder = save_tiny_model(tmp_path / "teacher")
+    teacher = CrossTokenizerTeacher(HFTeacher(ModelSpec(name_or_path=str(folder))))
+    assert Path(teacher.tokenizer) == folder
+    assert teacher._teacher_tokenizer()("def f():")["input_ids"]
+
+
 def test_tiny_opd_run_across_vocabularies_on_student_samples(tiny_cfg, tmp_path, distill_cache):
     """loss=opd with teacher=cross_tokenizer on sequences the student samples during training: the
     teacher re-tokenizes each sampled row and scores the student's tokens by byte spans."""

@@ -45,8 +45,9 @@ class HFSource:
 
     kind = "hf"
 
-    def __init__(self, model, tokenizer, device: str, chat: Any = "auto"):
+    def __init__(self, model, tokenizer, device: str, chat: Any = "auto", system_prompt: str | None = None):
         self.model = model
+        self.system_prompt = system_prompt
         self.tokenizer = tokenizer
         self.device = device
         has_template = bool(getattr(tokenizer, "chat_template", None))
@@ -58,8 +59,9 @@ class HFSource:
 
     def format(self, text: str, style: str) -> str:
         if style == "chat":
+            system = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
             return self.tokenizer.apply_chat_template(
-                [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
+                [*system, {"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
         return text
 
     def _limits(self, settings: GenerationSettings) -> tuple[int | None, int]:

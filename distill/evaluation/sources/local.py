@@ -31,6 +31,8 @@ class LocalModel(CompletionSource):
         chat: ``auto`` (chat prompts if the tokenizer has a chat template), true or false.
         trust_remote_code: passed to ``from_pretrained``.
         merge_lora: merge an adapter into its base before generating (faster).
+        system_prompt: a system turn before every chat prompt (None: the template's default). A
+            teacher that wrote its data under a system prompt is compared as it answered.
         name, role: as in :class:`CompletionSource`.
     """
 
@@ -40,7 +42,8 @@ class LocalModel(CompletionSource):
                  checkpoint: str | None = None, tokenizer: str | None = None,
                  dtype: str = "auto", device: str = "auto", chat: Any = "auto",
                  trust_remote_code: bool = False, merge_lora: bool = True,
-                 name: str | None = None, role: Role = "model", installed: dict | None = None):
+                 name: str | None = None, role: Role = "model", installed: dict | None = None,
+                 system_prompt: str | None = None):
         super().__init__(name, role)
         if path is None and installed:  # a GGUF shipped in an installed package (the real-model presets)
             from distill.gguf_import import installed_gguf
@@ -53,6 +56,7 @@ class LocalModel(CompletionSource):
         self.path, self.adapter, self.checkpoint = path, adapter, checkpoint
         self.tokenizer_path, self.dtype, self.device_name = tokenizer, dtype, device
         self.chat, self.trust_remote_code, self.merge_lora = chat, bool(trust_remote_code), merge_lora
+        self.system_prompt = system_prompt or None
         self.generator: HFSource | None = None
         self.weights_path = path  # what from_pretrained reads: path, or its converted folder for a .gguf
 
@@ -72,7 +76,8 @@ class LocalModel(CompletionSource):
     def settings(self) -> dict[str, Any]:
         return {"path": self.path, "adapter": self.adapter, "checkpoint": self.checkpoint,
                 "tokenizer": self.tokenizer_path, "dtype": self.dtype, "chat": self.chat,
-                "trust_remote_code": self.trust_remote_code, "merge_lora": self.merge_lora}
+                "trust_remote_code": self.trust_remote_code, "merge_lora": self.merge_lora,
+                **({"system_prompt": self.system_prompt} if self.system_prompt else {})}
 
     def open(self, benchmark=None, work_dir: Path | None = None) -> None:
         if self.generator is None:
@@ -83,7 +88,7 @@ class LocalModel(CompletionSource):
                 self.weights_path = str(converted_folder(self.path, "model.path"))
 
             model, tokenizer, device = load_hf_model(self, work_dir)
-            self.generator = HFSource(model, tokenizer, device, self.chat)
+            self.generator = HFSource(model, tokenizer, device, self.chat, self.system_prompt)
 
     def _loaded(self) -> HFSource:
         if self.generator is None:

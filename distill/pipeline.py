@@ -39,18 +39,20 @@ def run(cfg: DictConfig) -> dict[str, float]:
         export_student(fitted.parts.module.student, fitted.parts.tokenizer, out_dir / "student",
                        merge_lora=cfg.export.merge_lora)
     if cfg.get("summary") and cfg.summary.enabled:
-        metrics.update(_summarize(cfg, metrics, fitted.seconds, out_dir))
+        metrics.update(_summarize(cfg, metrics, fitted.seconds, out_dir, fitted.trainer.global_step))
     if cfg.export.enabled:  # last: the card carries the summary's held-out figures
         card = write_model_card(out_dir, out_dir / "student", steps=fitted.trainer.global_step)
         log.info("model card: %s", card)
     return metrics
 
 
-def _summarize(cfg: DictConfig, metrics: dict[str, float], seconds: float, out_dir: Path) -> dict[str, float]:
+def _summarize(cfg: DictConfig, metrics: dict[str, float], seconds: float, out_dir: Path,
+               steps: int) -> dict[str, float]:
     """CE-only baseline (trained once, cached) and the summary; returns the ``summary/*`` figures."""
     wants_baseline = cfg.summary.baseline and "val/teacher_loss" in metrics and not is_ce_only(cfg)
     baseline = run_baseline(cfg, expected_seconds=seconds) if wants_baseline else None
-    summary = summarize(metrics, baseline, cfg.trainer.max_steps, ce_only=is_ce_only(cfg))
+    # the steps taken, not trainer.max_steps: an epoch-based run has max_steps -1
+    summary = summarize(metrics, baseline, steps, ce_only=is_ce_only(cfg))
     if summary is None:
         log.warning("summary: no val/loss logged (validation is off: trainer.limit_val_batches=0); "
                     "nothing to summarise")

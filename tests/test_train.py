@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import re
+
 import pytest
 import torch
 from omegaconf import OmegaConf, open_dict
@@ -177,11 +179,16 @@ def test_chunked_and_fused_losses_train_end_to_end(tiny_cfg, loss):
     assert torch.isfinite(torch.tensor(metrics["train/kl"])) and metrics["train/kl"] > 0
 
 
-def test_epoch_based_run_sizes_the_lr_schedule(tiny_cfg):
+def test_epoch_based_run_sizes_the_lr_schedule(tiny_cfg, capsys):
     cfg = tiny_cfg("trainer.max_steps=-1", "trainer.max_epochs=1", "data.source.max_chars=3000",
-                   "data.batch_size=2", "trainer.val_check_interval=null", "trainer.check_val_every_n_epoch=1")
+                   "data.batch_size=2", "trainer.val_check_interval=null", "trainer.check_val_every_n_epoch=1",
+                   "+module.scheduler.warmup_ratio=0.1", "summary.enabled=true", "summary.baseline=false")
     metrics = pipeline.run(cfg)
     assert "val/loss" in metrics
+    # the summary names the steps taken (one epoch of batches), not trainer.max_steps (-1)
+    out = capsys.readouterr().out
+    taken = re.search(r"=== distill summary \((-?\d+) steps\) ===", out)
+    assert taken and int(taken.group(1)) > 1, out[out.find("==="):][:200]
 
 
 @pytest.mark.parametrize("first, more", [

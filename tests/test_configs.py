@@ -149,3 +149,25 @@ def test_a_misspelt_eval_key_fails_with_its_name():
     cfg = _compose("eval", ["+benchmark.limt=3"])  # forced in: the class still refuses it
     with pytest.raises(ConfigError, match=r"benchmark\.limt: unknown key"):
         build(cfg.benchmark, "benchmark", BenchmarkSpec)
+
+
+def test_the_online_twin_of_smollm2_prune_differs_only_in_its_teacher():
+    from omegaconf import OmegaConf
+
+    def plain(cfg, key):
+        node = cfg[key]
+        if not OmegaConf.is_config(node):
+            return node
+        node = OmegaConf.to_container(node, resolve=False)
+        node.pop("default_root_dir", None)
+        return node
+
+    cached = _compose("train", ["experiment=smollm2_prune"])
+    online = _compose("train", ["experiment=smollm2_prune_online"])
+    for key in ("data", "loss", "module", "trainer", "validate_at_start", "seed"):
+        assert plain(cached, key) == plain(online, key), key
+    student = {k: v for k, v in plain(online, "student").items() if k != "teacher"}
+    assert student == {k: v for k, v in plain(cached, "student").items() if k != "teacher"}
+    # both cut the student from the same model
+    assert OmegaConf.to_container(cached.teacher.write_with.model) == OmegaConf.to_container(online.teacher.model)
+    assert online.teacher._target_ == "distill.teachers.hf.HFTeacher"

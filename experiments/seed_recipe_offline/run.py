@@ -41,6 +41,7 @@ import json
 import logging
 import os
 import re
+import resource
 import shutil
 import signal
 import subprocess
@@ -87,15 +88,30 @@ def jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def cpu_seconds() -> float:
+    """CPU seconds (user + system) of this process and of its children that have ended."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 class Stages:
-    """Wall seconds per stage, kept in ``stages.json`` so a resumed run reports every stage once."""
+    """Wall seconds per stage, and CPU seconds (``<stage> [cpu]``) where measured, kept in
+    ``stages.json`` so a resumed run reports every stage once. CPU seconds are what a stage costs
+    whatever else shares the cores; wall seconds grow with every job beside it."""
 
     def __init__(self, path: Path):
         self.path = path
         self.times = json.loads(path.read_text()) if path.exists() else {}
+        self._cpu0 = cpu_seconds()
 
-    def record(self, name: str, seconds: float) -> None:
-        self.times[name] = round(seconds, 1)
+    def start(self) -> tuple[float, float]:
+        return time.time(), cpu_seconds()
+
+    def record(self, name: str, since: float | tuple[float, float]) -> None:
+        if isinstance(since, tuple):
+            self.times[f"{name} [cpu]"] = round(cpu_seconds() - since[1], 1)
+            since = since[0]
+        self.times[name] = round(time.time() - since, 1)
         self.path.write_text(json.dumps(self.times, indent=2))
 
 
@@ -138,6 +154,7 @@ class Server:
             self.proc.wait(30)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+            self.proc.wait()  # reaped, so its CPU time counts in RUSAGE_CHILDREN
 
 
 def teacher_data(args, url: str, out_dir: Path, num: int, seed: int, log_file: Path) -> None:
@@ -155,20 +172,25 @@ def stage_answers(args, run: Path, stages: Stages) -> None:
     heldout_done = (run / "heldout_data" / "filtered.jsonl").exists()
     if train_done and heldout_done:
         return
+    cpu0 = cpu_seconds()
     t0 = time.time()
     server = Server(args.threads, args.max_tokens, run / "server.log")
-    stages.record("serve: load the model", time.time() - t0)
+    stages.record("serve: load the model", t0)
     try:
+        # wall only: the server's CPU is counted once it exits, after both sets
         if not train_done:
             t0 = time.time()
             teacher_data(args, server.url, run / "teacher_data", args.prompts, 0, run / "answers.log")
-            stages.record(f"answers: {args.prompts} training prompts + filters", time.time() - t0)
+            stages.record(f"answers: {args.prompts} training prompts + filters", t0)
         if not heldout_done:
             t0 = time.time()
             teacher_data(args, server.url, run / "heldout_data", args.heldout_prompts, 1, run / "answers.log")
-            stages.record(f"answers: {args.heldout_prompts} held-out prompts", time.time() - t0)
+            stages.record(f"answers: {args.heldout_prompts} held-out prompts", t0)
     finally:
         server.stop()
+    # the server's CPU (an ended child now) and the clients', for the sets answered in this run
+    stages.times["answers, server included [cpu]"] = round(cpu_seconds() - cpu0, 1)
+    stages.path.write_text(json.dumps(stages.times, indent=2))
 
 
 # ----------------------------------------------------------------------------- 3: train
@@ -180,10 +202,10 @@ def stage_train(args, run: Path, stages: Stages) -> dict:
         return json.loads(info_file.read_text())
     weights = base_folder() / "model.safetensors"
     before = sha256(weights)
-    t0 = time.time()
+    t0 = stages.start()
     sh(["distill-train", "experiment=smollm2_lora_sft", f"data.source.path={run / 'teacher_data' / 'filtered.jsonl'}",
         f"hydra.run.dir={out}", f"threads={args.threads}", "logger=csv", f"seed={args.seed}"], run / "train.log")
-    stages.record("train: LoRA, 5 epochs", time.time() - t0)
+    stages.record("train: LoRA, 5 epochs", t0)
     after = sha256(weights)
     from safetensors import safe_open
 
@@ -218,7 +240,7 @@ def _numel(shape) -> int:
 # ----------------------------------------------------------------------------- 4: compare
 def heldout_pairs(run: Path) -> list[dict]:
     """The held-out prompts and the teacher's (unfiltered) answers, minus any training prompt text."""
-    train = {json.loads(line)["prompt"] for line in (run / "teacher_data" / "prompts.jsonl").read_text().splitlines()
+    train = {json.loads(line)["text"] for line in (run / "teacher_data" / "prompts.jsonl").read_text().splitlines()
              if line.strip()}
     pairs = [r for r in jsonl(run / "heldout_data" / "results.jsonl") if r.get("completion") and r["prompt"] not in train]
     return sorted(pairs, key=lambda r: r["prompt"])
@@ -337,7 +359,7 @@ def stage_mbpp(args, run: Path, stages: Stages) -> dict:
     done = out / "done.json"
     if done.exists():
         return json.loads(done.read_text())
-    t0 = time.time()
+    t0 = stages.start()
     sh(["distill-eval", "+eval/compare=teacher_base_distilled",
         "eval/model@models.teacher=smollm2-135m-instruct", "models.teacher.name=teacher",
         f'models.teacher.system_prompt="{SYSTEM}"',
@@ -347,7 +369,7 @@ def stage_mbpp(args, run: Path, stages: Stages) -> dict:
         "eval/benchmark=mbpp", f"benchmark.path={MBPP}", f"benchmark.limit={args.mbpp_limit}",
         f"generation.max_new_tokens={args.answer_tokens}", f"threads={args.threads}", f"output_dir={out}",
         "ks=[1]"], run / "mbpp.log")
-    stages.record(f"MBPP: {args.mbpp_limit} tasks x 3 models", time.time() - t0)
+    stages.record(f"MBPP: {args.mbpp_limit} tasks x 3 models", t0)
     result = {role: json.loads((out / role / "summary.json").read_text()).get("pass@1") for role in ROLES}
     done.write_text(json.dumps(result, indent=2))
     return result
@@ -386,8 +408,11 @@ def report(provider: str, r: dict) -> str:
         lines.append(f"| {role} | {fmt(m['token_accuracy'])} | {fmt(m['nll_teacher_answers'])} | "
                      f"{fmt(m['teacher_nll_of_greedy'])} | {m['greedy_tokens_mean']:.0f} | {fmt(m['ends_at_end_of_turn'], 2)} | "
                      f"{fmt(m['has_code_block'], 2)} | {fmt(m['code_parses'], 2)} | {fmt(r['mbpp'].get(role))} |")
-    lines += ["", "Stage wall times (2 cores):", "", "| stage | seconds |", "|---|---|"]
-    lines += [f"| {k} | {v:.0f} |" for k, v in r["stages"].items()]
+    lines += ["", "Stage times (2 cores; wall time grows with whatever else ran, CPU time does not):", "",
+              "| stage | wall s | CPU s |", "|---|---|---|"]
+    st = r["stages"]
+    lines += [f"| {k} | {'' if k.endswith(' [cpu]') else f'{v:.0f}'} | {fmt(st.get(k + ' [cpu]', v if k.endswith(' [cpu]') else None), 0)} |"
+              for k, v in st.items() if not (k.endswith(" [cpu]") and k[:-6] in st)]
     lines += ["", "## Samples (held-out prompts, greedy)", ""]
     for s in c["samples"][:3]:
         lines += [f"**Prompt:** {s['prompt'][:400].strip()}", ""]
@@ -450,9 +475,9 @@ def main() -> None:
         stage_answers(args, run, stages)
         train = stage_train(args, run, stages)
         if "compare" not in stages.times or not (run / "compare.json").exists():
-            t0 = time.time()
+            t0 = stages.start()
             cmp_ = compare(args, run, train)
-            stages.record(f"compare: {cmp_['heldout_prompts']} held-out prompts x 3 models", time.time() - t0)
+            stages.record(f"compare: {cmp_['heldout_prompts']} held-out prompts x 3 models", t0)
         cmp_ = compare(args, run, train)
         mbpp = stage_mbpp(args, run, stages)
         allres[args.provider] = {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},

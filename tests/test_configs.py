@@ -171,3 +171,15 @@ def test_the_online_twin_of_smollm2_prune_differs_only_in_its_teacher():
     # both cut the student from the same model
     assert OmegaConf.to_container(cached.teacher.write_with.model) == OmegaConf.to_container(online.teacher.model)
     assert online.teacher._target_ == "distill.teachers.hf.HFTeacher"
+
+
+@pytest.mark.parametrize("preset", ["smollm2-135m-instruct", "lora", "checkpoint"])
+def test_eval_model_presets_that_extend_hf_work_inside_a_comparison(preset):
+    # eval/model presets extend hf.yaml; placed at models.<role>, hf's keys must land there too
+    # (with a plain `- hf` they went to the top-level `model` and models.teacher had no _target_)
+    cfg = _compose("eval", ["+eval/compare=teacher_base_distilled", f"eval/model@models.teacher={preset}",
+                            "models.teacher.system_prompt=Answer briefly."])
+    teacher = cfg.models.teacher
+    assert teacher._target_ == "distill.evaluation.sources.local.LocalModel"
+    assert teacher.role == "teacher" and teacher.system_prompt == "Answer briefly."
+    assert "merge_lora" in teacher and "dtype" in teacher

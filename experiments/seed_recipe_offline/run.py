@@ -199,7 +199,10 @@ def stage_train(args, run: Path, stages: Stages) -> dict:
     adapter = out / "student"
     info_file = run / "train_info.json"
     if info_file.exists() and (adapter / "adapter_config.json").exists():
-        return json.loads(info_file.read_text())
+        info = json.loads(info_file.read_text())
+        if (out / "summary.json").exists():  # the run's held-out CE on the val pairs, before and after
+            info["metrics"] = json.loads((out / "summary.json").read_text())
+        return info
     weights = base_folder() / "model.safetensors"
     before = sha256(weights)
     t0 = stages.start()
@@ -215,10 +218,7 @@ def stage_train(args, run: Path, stages: Stages) -> dict:
                        else _numel(f.get_slice(k).get_shape()) for k in f.keys())
 
     adapter_file = adapter / "adapter_model.safetensors"
-    metrics = {}
-    mfile = out / "metrics.json"
-    if mfile.exists():
-        metrics = json.loads(mfile.read_text())
+    metrics = json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() else {}
     info = {"base_sha256_before": before, "base_sha256_after": after, "base_unchanged": before == after,
             "adapter_params": params(adapter_file), "base_params": params(weights),
             "adapter_bytes": adapter_file.stat().st_size, "base_bytes": weights.stat().st_size,

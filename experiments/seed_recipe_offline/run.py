@@ -260,19 +260,37 @@ def load_models(adapter: Path):
     return tok, {"teacher": base, "base": base, "distilled": distilled}
 
 
-def code_block(text: str) -> str | None:
-    m = re.search(r"```(?:python|py)?\s*\n(.*?)(?:```|$)", text, re.S)
-    return m.group(1) if m else None
+# a fenced block: its language tag and body (an answer cut by the token limit may leave the last one open)
+FENCE = re.compile(r"```([\w+#.-]*)[ \t]*\n(.*?)(?:```|\Z)", re.S)
 
 
-def parses(code: str | None) -> bool:
-    if code is None:
-        return False
+def code_block(text: str) -> tuple[str, str] | None:
+    m = FENCE.search(text)
+    return (m.group(1).lower(), m.group(2)) if m else None
+
+
+def parses(code: str) -> bool:
     try:
         ast.parse(code)
         return True
     except (SyntaxError, ValueError):
         return False
+
+
+def code_metrics(run: Path, res: dict) -> None:
+    """Per model: the share of answers with a fenced block, and of answers to the Python prompts
+    whose first block (tagged python/py or untagged) parses. From the stored answers, so it is
+    recomputed without generating again."""
+    language = {json.loads(line)["text"]: json.loads(line).get("language")
+                for line in (run / "heldout_data" / "prompts.jsonl").read_text().splitlines() if line.strip()}
+    python = [s for s in res["samples"] if language.get(s["prompt"]) == "python"]
+    res["python_prompts"] = len(python)
+    for role in ROLES:
+        blocks = [code_block(s[role]) for s in res["samples"]]
+        py = [code_block(s[role]) for s in python]
+        res[role]["has_code_block"] = sum(b is not None for b in blocks) / len(blocks)
+        res[role]["code_parses"] = sum(b is not None and b[0] in ("", "python", "py") and parses(b[1])
+                                       for b in py) / max(1, len(py))
 
 
 def compare(args, run: Path, train_info: dict) -> dict:
@@ -284,7 +302,9 @@ def compare(args, run: Path, train_info: dict) -> dict:
 
     out_file = run / "compare.json"
     if out_file.exists():
-        return json.loads(out_file.read_text())
+        res = json.loads(out_file.read_text())
+        code_metrics(run, res)  # cheap, from the stored answers: always the current definition
+        return res
     torch.set_num_threads(args.threads)
     pairs = heldout_pairs(run)
     tok, models = load_models(run / "train" / "student")
@@ -342,13 +362,11 @@ def compare(args, run: Path, train_info: dict) -> dict:
         decoded = [tok.decode(ids, skip_special_tokens=True) for ids in texts]
         res[role].update({
             "teacher_nll_of_greedy": nll / n, "greedy_tokens_mean": new_tokens / len(pairs),
-            "ends_at_end_of_turn": sum(ends) / len(ends),
-            "has_code_block": sum(code_block(t) is not None for t in decoded) / len(decoded),
-            "code_parses": sum(parses(code_block(t)) for t in decoded) / len(decoded),
-            "generation_s": gen_s})
+            "ends_at_end_of_turn": sum(ends) / len(ends), "generation_s": gen_s})
         samples[role] = decoded
     res["samples"] = [{"prompt": r["prompt"], "teacher_sampled": r["completion"],
                        **{role: samples[role][i] for role in ROLES}} for i, r in enumerate(pairs)]
+    code_metrics(run, res)
     out_file.write_text(json.dumps(res, indent=2))
     return res
 
@@ -401,7 +419,7 @@ def report(provider: str, r: dict) -> str:
              "", f"Held-out: {c['heldout_prompts']} prompts (seed 1; none shared with training), greedy answers of at "
              f"most {c['answer_tokens']} tokens; MBPP: the first {r['args']['mbpp_limit']} test tasks, greedy pass@1.", "",
              "| model | token accuracy on teacher answers | NLL of teacher answers | teacher NLL of its greedy answers "
-             "| greedy tokens | ends at end of turn | code block | code parses | MBPP pass@1 |",
+             "| greedy tokens | ends at end of turn | fenced code block | Python parses (Python prompts) | MBPP pass@1 |",
              "|---|---|---|---|---|---|---|---|---|"]
     for role in ROLES:
         m = c[role]

@@ -429,7 +429,11 @@ def report(provider: str, r: dict) -> str:
     lines += ["", "Stage times (2 cores; wall time grows with whatever else ran, CPU time does not):", "",
               "| stage | wall s | CPU s |", "|---|---|---|"]
     st = r["stages"]
-    lines += [f"| {k} | {'' if k.endswith(' [cpu]') else f'{v:.0f}'} | {fmt(st.get(k + ' [cpu]', v if k.endswith(' [cpu]') else None), 0)} |"
+    def sec(x) -> str:
+        return "not recorded" if x is None else f"{x:.0f}"
+
+    lines += [f"| {k} | {'' if k.endswith(' [cpu]') else sec(v)} | "
+              f"{sec(st.get(k + ' [cpu]', v if k.endswith(' [cpu]') else None)) if (k + ' [cpu]') in st or k.endswith(' [cpu]') else '—'} |"
               for k, v in st.items() if not (k.endswith(" [cpu]") and k[:-6] in st)]
     lines += ["", "## Samples (held-out prompts, greedy)", ""]
     for s in c["samples"][:3]:
@@ -492,7 +496,7 @@ def main() -> None:
         stages = Stages(run / "stages.json")
         stage_answers(args, run, stages)
         train = stage_train(args, run, stages)
-        if "compare" not in stages.times or not (run / "compare.json").exists():
+        if not (run / "compare.json").exists():
             t0 = stages.start()
             cmp_ = compare(args, run, train)
             stages.record(f"compare: {cmp_['heldout_prompts']} held-out prompts x 3 models", t0)

@@ -39,6 +39,7 @@ import ast
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import resource
@@ -49,6 +50,8 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+
+from distill.jsonl import read_jsonl
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -77,15 +80,12 @@ def sh(cmd: list[str], log_file: Path, env: dict | None = None) -> None:
 
 
 def sha256(path: Path) -> str:
+    # hashed afresh each time, unlike distill.gguf_import.file_sha256, whose cache would hide a change
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def cpu_seconds() -> float:
@@ -212,8 +212,7 @@ def stage_train(args, run: Path, stages: Stages) -> dict:
 
     def params(path: Path) -> int:
         with safe_open(str(path), "pt") as f:
-            return sum(f.get_slice(k).get_shape().numel() if hasattr(f.get_slice(k).get_shape(), "numel")
-                       else _numel(f.get_slice(k).get_shape()) for k in f.keys())
+            return sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
 
     adapter_file = adapter / "adapter_model.safetensors"
     metrics = json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() else {}
@@ -228,19 +227,12 @@ def stage_train(args, run: Path, stages: Stages) -> dict:
     return info
 
 
-def _numel(shape) -> int:
-    n = 1
-    for d in shape:
-        n *= int(d)
-    return n
-
-
 # ----------------------------------------------------------------------------- 4: compare
 def heldout_pairs(run: Path) -> list[dict]:
     """The held-out prompts and the teacher's (unfiltered) answers, minus any training prompt text."""
     train = {json.loads(line)["text"] for line in (run / "teacher_data" / "prompts.jsonl").read_text().splitlines()
              if line.strip()}
-    pairs = [r for r in jsonl(run / "heldout_data" / "results.jsonl") if r.get("completion") and r["prompt"] not in train]
+    pairs = [r for r in read_jsonl(run / "heldout_data" / "results.jsonl") if r.get("completion") and r["prompt"] not in train]
     return sorted(pairs, key=lambda r: r["prompt"])
 
 
@@ -394,7 +386,7 @@ def stage_mbpp(args, run: Path, stages: Stages) -> dict:
 # ----------------------------------------------------------------------------- report
 def data_counts(run: Path) -> dict:
     rep = json.loads((run / "teacher_data" / "filter_report.json").read_text())
-    results = jsonl(run / "teacher_data" / "results.jsonl")
+    results = read_jsonl(run / "teacher_data" / "results.jsonl")
     return {"answers": len(results), "kept": sum(1 for _ in (run / "teacher_data" / "filtered.jsonl").open()),
             "removed": {k: v for k, v in (rep.get("removed") or {}).items() if v},
             "ended_at_max_tokens": sum(r.get("stop_reason") == "max_tokens" for r in results),
@@ -494,11 +486,10 @@ def main() -> None:
         stages = Stages(run / "stages.json")
         stage_answers(args, run, stages)
         train = stage_train(args, run, stages)
-        if not (run / "compare.json").exists():
-            t0 = stages.start()
-            cmp_ = compare(args, run, train)
+        fresh, t0 = not (run / "compare.json").exists(), stages.start()
+        cmp_ = compare(args, run, train)  # reads compare.json when it exists
+        if fresh:
             stages.record(f"compare: {cmp_['heldout_prompts']} held-out prompts x 3 models", t0)
-        cmp_ = compare(args, run, train)
         mbpp = stage_mbpp(args, run, stages)
         allres[args.provider] = {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
                                  "data": data_counts(run), "train": train, "compare": cmp_, "mbpp": mbpp,

@@ -209,6 +209,17 @@ def test_cli_aggregates_seeds_and_checks_relative_to(tmp_path, capsys):
     assert "2 settings have" in capsys.readouterr().err
 
 
+def test_an_evaluation_written_after_training_becomes_columns(tmp_path):
+    root = _seed_sweep(tmp_path)
+    for i, run in enumerate(sorted(p for p in root.iterdir())):
+        (run / compare.load.EVAL_FILE).write_text(json.dumps({"eval/teacher_nll": 1.0 + i, "note": "x", "flag": True}))
+    runs = compare.load_local(root)
+    assert [r.final["eval/teacher_nll"] for r in runs] == [1.0, 2.0, 3.0, 4.0, 5.0]
+    assert all("note" not in r.final and "flag" not in r.final for r in runs)
+    result = compare.compare(runs, tmp_path / "out", objective="eval/teacher_nll", direction="min")
+    assert [r["loss"] for r in result.rows] == ["kd", "jsd"] and result.rows[0]["eval/teacher_nll"] == pytest.approx(2.0)
+
+
 def test_a_single_seed_group_has_no_std(tmp_path):
     root = tmp_path / "one"
     make_run(root, "0_seed=0", ["loss=kd", "seed=0"], [(4, 3.0, 0.5)])

@@ -183,3 +183,14 @@ def test_eval_model_presets_that_extend_hf_work_inside_a_comparison(preset):
     assert teacher._target_ == "distill.evaluation.sources.local.LocalModel"
     assert teacher.role == "teacher" and teacher.system_prompt == "Answer briefly."
     assert "merge_lora" in teacher and "dtype" in teacher
+
+
+@pytest.mark.parametrize("sequences,lmbda,policy", [("seqkd", 0.0, "student"), ("gkd", 0.5, "student"),
+                                                    ("student", 1.0, "student"), ("speculative", 1.0, "speculative")])
+def test_the_real_on_policy_rows_keep_their_sequences_preset(sequences, lmbda, policy):
+    """experiment=real_on_policy must not pin what the rows vary: an lmbda set there once turned every
+    row's `sequences=seqkd` (SFT on teacher answers) into half on-policy training."""
+    cfg = _compose("train", ["experiment=real_on_policy", f"sequences={sequences}", "student.name_or_path=x"])
+    assert cfg.sequences.lmbda == lmbda and cfg.sequences.policy == policy
+    assert cfg.sequences.off_policy == "teacher"  # the API prompts have no reference answers
+    assert cfg.data.source._target_ == "distill.onpolicy.prompt_sets.MixedPrompts"

@@ -5,7 +5,8 @@ A run is a directory holding ``.hydra/overrides.yaml`` (what Hydra writes for ev
 the :class:`~distill.callbacks.SaveResolvedConfig` Hydra callback in ``conf/train.yaml``,
 ``config_resolved.yaml``; its metrics come from ``csv/version_*/metrics.csv``
 (:func:`distill.runs.read_metrics`) and, when the end-of-run summary ran, ``summary.json``
-(``summary/gap_closed``: the share of the CE-only-student-to-teacher gap that distillation closed).
+(``summary/gap_closed``: the share of the CE-only-student-to-teacher gap that distillation closed)
+and, where an evaluation after training wrote one, ``eval.json`` (its numbers as they are named there).
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ from distill.provenance import RESOLVED_CONFIG
 log = logging.getLogger(__name__)
 
 SEED_KEY = "seed"
+#: a flat JSON object of numbers (e.g. ``{"eval/greedy_teacher_nll": 1.9}``) that an evaluation after
+#: training wrote into the run directory: its keys become metric columns like the logged ones
+EVAL_FILE = "eval.json"
 
 
 @dataclass
@@ -168,6 +172,10 @@ def load_local(sweep_dir: str | Path) -> list[Run]:
         if summary.exists():
             final.update({k: float(v) for k, v in json.loads(summary.read_text()).items()
                           if k.startswith("summary/") and isinstance(v, (int, float))})
+        evaluation = d / EVAL_FILE
+        if evaluation.exists():  # numbers a post-training evaluation wrote beside the run
+            final.update({k: float(v) for k, v in json.loads(evaluation.read_text()).items()
+                          if isinstance(v, (int, float)) and not isinstance(v, bool)})
         if not history:
             log.warning("%s: no metrics logged (failed or still running?)", d)
         name = "." if d == root else str(d.relative_to(root))

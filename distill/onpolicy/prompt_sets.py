@@ -194,3 +194,47 @@ class ApiPrompts(ChatPromptSource):
         if "val" not in sides and len(recs) > 1:
             sides[0] = "val"  # a small set can hash entirely into train: hold one prompt out
         return [r for r, s in zip(recs, sides) if s == split]
+
+
+class MixedPrompts(ChatPromptSource):
+    """Several prompt sets as one (``conf/prompts/mbpp_api.yaml``: MBPP's train prompts and an API
+    prompt set), interleaved in proportion to their sizes so that ``max_examples`` or a short run
+    reads from every set.
+
+    Each set keeps its own split (MBPP by its named splits, the API set by prompt id); the options
+    of this source (``system_prompt``, ``answers``, ``overlong``, ...) apply to the mix, so the
+    sets' own copies of them are not read. Records keep their set's ``meta``.
+
+    Args:
+        sets: the prompt sets, each a :class:`ChatPromptSource` (Hydra instantiates them from
+            their ``_target_``), by name; the names are what the logs and errors call them.
+    """
+
+    label = "mixed chat prompts"
+
+    def __init__(self, sets: Mapping[str, ChatPromptSource] | None = None, **kw):
+        super().__init__(**kw)
+        if not sets:
+            raise ConfigError("data.source.sets is empty: name at least one prompt set (e.g. {mbpp: {_target_: "
+                              "distill.onpolicy.prompt_sets.MBPPPrompts, ...}})")
+        for name, s in sets.items():
+            if not isinstance(s, ChatPromptSource):
+                raise ConfigError(f"data.source.sets.{name} is a {type(s).__name__}, not a chat prompt set "
+                                  "(give it a _target_ such as distill.onpolicy.prompt_sets.MBPPPrompts)")
+        self.sets = dict(sets)
+
+    def settings(self) -> dict[str, Any]:
+        return {name: [type(s).__name__, s.settings(), s.max_examples, s.max_chars] for name, s in self.sets.items()}
+
+    def read(self, split: str) -> list[PromptRecord]:
+        parts = {name: s.records(split) for name, s in self.sets.items()}
+        for name, recs in parts.items():
+            log.info("%s [%s]: %d prompts from %s", self.label, split, len(recs), name)
+        return interleave(list(parts.values()))
+
+
+def interleave(parts: list[list[Any]]) -> list[Any]:
+    """Every item of ``parts``, ordered so that each prefix holds each part in proportion to its
+    size (item j of a part of n items sits at position (j + 0.5) / n; ties by part order)."""
+    keyed = [((j + 0.5) / len(p), i, item) for i, p in enumerate(parts) for j, item in enumerate(p)]
+    return [item for _, _, item in sorted(keyed, key=lambda t: (t[0], t[1]))]

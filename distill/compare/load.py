@@ -149,6 +149,14 @@ def find_run_dirs(root: Path) -> list[Path]:
     return sorted(dirs, key=lambda d: natural_key(str(d.relative_to(root))))
 
 
+def _json_numbers(path: Path, prefix: str = "") -> dict[str, float]:
+    """The top-level numbers of a JSON object file whose keys start with ``prefix`` ({} without the file)."""
+    if not path.exists():
+        return {}
+    return {k: float(v) for k, v in json.loads(path.read_text()).items()
+            if k.startswith(prefix) and isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
 def load_local(sweep_dir: str | Path) -> list[Run]:
     """Every run under a sweep directory (a single run directory works too)."""
     import yaml
@@ -168,14 +176,8 @@ def load_local(sweep_dir: str | Path) -> list[Run]:
         config = yaml.safe_load(config_file.read_text()) if config_file.exists() else {}
         history = read_metrics(d)
         final = final_values(history)
-        summary = d / "summary.json"
-        if summary.exists():
-            final.update({k: float(v) for k, v in json.loads(summary.read_text()).items()
-                          if k.startswith("summary/") and isinstance(v, (int, float))})
-        evaluation = d / EVAL_FILE
-        if evaluation.exists():  # numbers a post-training evaluation wrote beside the run
-            final.update({k: float(v) for k, v in json.loads(evaluation.read_text()).items()
-                          if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        final.update(_json_numbers(d / "summary.json", prefix="summary/"))
+        final.update(_json_numbers(d / EVAL_FILE))  # numbers a post-training evaluation wrote beside the run
         if not history:
             log.warning("%s: no metrics logged (failed or still running?)", d)
         name = "." if d == root else str(d.relative_to(root))

@@ -29,30 +29,43 @@ LABELS = {"ce": "CE only", "kd": "forward KL, T = 1", "kd_t2": "forward KL, T = 
 ONLINE = {"akl", "todi", "kd_hidden"}
 
 
+def teacher_folder(run: Path) -> str:
+    """The folder the run's pruned student was cut from: its teacher (a cached run's teacher is the cache)."""
+    from omegaconf import OmegaConf
+
+    return str(OmegaConf.load(run / "config_resolved.yaml").student.loaded.pruning.teacher)
+
+
+def heldout_blocks(run: Path, blocks: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(input_ids, labels)`` of the run's first ``blocks`` held-out blocks (data and tokenizer only)."""
+    from omegaconf import OmegaConf
+
+    from distill.build import build_checked
+
+    dm = build_checked(OmegaConf.load(run / ".hydra" / "config.yaml")).datamodule
+    dm.setup("fit")
+    ids, labels = [], []
+    for b in dm.val_dataloader():
+        ids.append(b["input_ids"])
+        labels.append(b["labels"])
+        if sum(len(x) for x in ids) >= blocks:
+            break
+    return torch.cat(ids)[:blocks], torch.cat(labels)[:blocks]
+
+
 @torch.no_grad()
 def full_kl(run: Path, blocks: int, cache: dict) -> dict[str, float]:
     """KL(T||S) and top-1 agreement on the full vocabulary, first ``blocks`` held-out blocks."""
     target = run / "kl_full.json"
     if target.exists():
         return json.loads(target.read_text())
-    from omegaconf import OmegaConf
     from transformers import AutoModelForCausalLM
 
-    from distill.build import build_checked
     from distill.losses.functional import forward_kl, next_token_targets
 
-    resolved = OmegaConf.load(run / "config_resolved.yaml")
-    teacher_path = str(resolved.student.loaded.pruning.teacher)  # the model the student was cut from
+    teacher_path = teacher_folder(run)
     if cache.get("key") != (teacher_path, blocks):
-        dm = build_checked(OmegaConf.load(run / ".hydra" / "config.yaml")).datamodule
-        dm.setup("fit")
-        ids, labels = [], []
-        for b in dm.val_dataloader():
-            ids.append(b["input_ids"])
-            labels.append(b["labels"])
-            if sum(len(x) for x in ids) >= blocks:
-                break
-        ids, labels = torch.cat(ids)[:blocks], torch.cat(labels)[:blocks]
+        ids, labels = heldout_blocks(run, blocks)
         teacher = AutoModelForCausalLM.from_pretrained(teacher_path, dtype=torch.float32).eval()
         cache.update(key=(teacher_path, blocks), ids=ids, targets=next_token_targets(labels),
                      t_logits=[teacher(input_ids=ids[i:i + 4]).logits for i in range(0, blocks, 4)])

@@ -115,7 +115,8 @@ def main() -> None:
     from omegaconf import OmegaConf
     from transformers import AutoModelForCausalLM
 
-    from distill.build import build_checked
+    from collect import heldout_blocks, teacher_folder
+
     from distill.config import load_group
     from distill.losses.functional import next_token_targets
     from distill.types import ModelInfo, StudentOutput, TeacherKind, TeacherOutput
@@ -125,18 +126,13 @@ def main() -> None:
     ap.add_argument("--blocks", type=int, default=2)
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()
-    cfg = OmegaConf.load(a.run / ".hydra" / "config.yaml")
-    dm = build_checked(cfg).datamodule  # data and tokenizer only: the models are loaded below
-    dm.setup("fit")
-    batch = next(iter(dm.val_dataloader()))
-    batch = {k: v[: a.blocks] for k, v in batch.items() if torch.is_tensor(v)}
-    # the folder the student was cut from is the teacher (a cached run's teacher is the cache)
-    teacher_path = OmegaConf.load(a.run / "config_resolved.yaml").student.loaded.pruning.teacher
+    ids, labels = heldout_blocks(a.run, a.blocks)
+    teacher_path = teacher_folder(a.run)
     teacher = AutoModelForCausalLM.from_pretrained(teacher_path, dtype=torch.float32).eval()
     student = AutoModelForCausalLM.from_pretrained(a.run / "student", dtype=torch.float32).eval()
-    t_logits = teacher(input_ids=batch["input_ids"]).logits
-    s_logits = student(input_ids=batch["input_ids"]).logits
-    targets = next_token_targets(batch["labels"])
+    t_logits = teacher(input_ids=ids).logits
+    s_logits = student(input_ids=ids).logits
+    targets = next_token_targets(labels)
     keep = targets != -100
     n = keep.sum()
     s_info, t_info = ModelInfo.from_hf_config(student.config), ModelInfo.from_hf_config(teacher.config)

@@ -221,9 +221,9 @@ def collect(out: Path) -> dict:
                 per_seed[d.parent.name if name not in ("healed", "start") else "-"] = rec
         if per_seed:
             keys = sorted({k for r in per_seed.values() for k in r})
+            stats = {k: mean_std([r.get(k, float("nan")) for r in per_seed.values()]) for k in keys}
             rows[name] = {"n": len(per_seed), "per_seed": per_seed,
-                          "mean": {k: mean_std([r.get(k, float("nan")) for r in per_seed.values()])[0] for k in keys},
-                          "std": {k: mean_std([r.get(k, float("nan")) for r in per_seed.values()])[1] for k in keys}}
+                          "mean": {k: m for k, (m, _) in stats.items()}, "std": {k: sd for k, (_, sd) in stats.items()}}
     teacher = out / "teacher" / "eval.json"
     return {"teacher": json.loads(teacher.read_text()) if teacher.exists() else None, "rows": rows}
 
